@@ -1,0 +1,53 @@
+# The two commands of the README:
+#   make tour   run the tour notebook headless (installs what it needs first)
+#   make test   install everything the tests need, lint, type-check and run the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $$HOME/.pyenv)
+PY310 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.10*/bin/python3.10))
+PY313 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3.13))
+PIP_FLAGS := -q --disable-pip-version-check
+
+.PHONY: test tour lint typecheck unit smoke bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) -U pip
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench]'
+	touch $@
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check nbpool tests tools
+	$(BIN)/ruff format --check nbpool tests tools
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest
+
+# A quick smoke run of the core on the oldest and newest supported Pythons.
+.venv-%/.installed: pyproject.toml
+	@py=$(if $(filter 310,$*),$(PY310),$(PY313)); \
+	test -n "$$py" || { echo "python for $* not found under $(PYENV_ROOT)"; exit 1; }; \
+	test -x .venv-$*/bin/python || $$py -m venv .venv-$*; \
+	.venv-$*/bin/pip install $(PIP_FLAGS) -U pip; \
+	.venv-$*/bin/pip install $(PIP_FLAGS) -e . pytest pytest-timeout numpy; \
+	touch $@
+
+smoke: .venv-310/.installed .venv-313/.installed
+	.venv-310/bin/pytest -m smoke -p no:cacheprovider -q tests/unit tests/integration
+	.venv-313/bin/pytest -m smoke -p no:cacheprovider -q tests/unit tests/integration
+
+test: lint typecheck unit smoke
+
+tour: $(BIN)/.installed
+	$(BIN)/python tools/run_notebook.py notebooks/tour.ipynb
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .venv-310 .venv-313 .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,79 @@
+"""nbpool: a drop-in ``multiprocessing.Pool`` that works inside Jupyter.
+
+Public names are listed in ``__all__`` and pinned by a test. They load on first use (PEP 562),
+so ``import nbpool`` is cheap and a worker process, which imports only ``nbpool._worker``, never
+pays for the caller-side machinery. No IPython, widget, Ray or Dask import happens until a
+feature that needs it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0.dev0"
+
+_WHERE = {
+    "Pool": "._pool",
+    "ApplyResult": "._results",
+    "AsyncResult": "._results",
+    "IMapIterator": "._results",
+    "IMapUnorderedIterator": "._results",
+    "MapResult": "._results",
+    "BackendUnavailableError": "._errors",
+    "NbpoolError": "._errors",
+    "PoolClosedError": "._errors",
+    "RemoteTraceback": "._errors",
+    "SerializationError": "._errors",
+    "TimeoutError": "._errors",
+    "WorkerLostError": "._errors",
+}
+
+__all__ = [
+    "ApplyResult",
+    "AsyncResult",
+    "BackendUnavailableError",
+    "IMapIterator",
+    "IMapUnorderedIterator",
+    "MapResult",
+    "NbpoolError",
+    "Pool",
+    "PoolClosedError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TimeoutError",
+    "WorkerLostError",
+    "__version__",
+]
+
+if TYPE_CHECKING:
+    from ._errors import (
+        BackendUnavailableError,
+        NbpoolError,
+        PoolClosedError,
+        RemoteTraceback,
+        SerializationError,
+        TimeoutError,
+        WorkerLostError,
+    )
+    from ._pool import Pool
+    from ._results import (
+        ApplyResult,
+        AsyncResult,
+        IMapIterator,
+        IMapUnorderedIterator,
+        MapResult,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbpool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

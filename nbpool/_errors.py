@@ -1,0 +1,96 @@
+"""The exceptions nbpool raises.
+
+::
+
+    NbpoolError
+     ├─ PoolClosedError(NbpoolError, ValueError)             the pool was closed or terminated
+     ├─ TimeoutError(NbpoolError, mp.TimeoutError)            get(timeout) expired
+     ├─ WorkerLostError(NbpoolError, RuntimeError)           a worker died while running the item
+     ├─ SerializationError(NbpoolError, pickle.PicklingError)   names the object and what to do
+     └─ BackendUnavailableError(NbpoolError, ImportError)    names the extra to install
+
+    RemoteTraceback(Exception)    set as ``__cause__`` of an exception re-raised from a worker
+
+Every nbpool error also derives from the exception a ``multiprocessing.Pool`` user already catches
+(``ValueError`` for a closed pool, ``multiprocessing.TimeoutError`` for ``get(timeout)``), so
+drop-in code keeps working. User exceptions are re-raised as their own type, never wrapped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+
+__all__ = [
+    "BackendUnavailableError",
+    "NbpoolError",
+    "PoolClosedError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TimeoutError",
+    "WorkerLostError",
+]
+
+
+class NbpoolError(Exception):
+    """Base class of every error nbpool raises on its own account."""
+
+
+class PoolClosedError(NbpoolError, ValueError):
+    """Work was submitted to a closed or terminated pool (``ValueError``, as in the stdlib)."""
+
+
+class TimeoutError(NbpoolError, multiprocessing.TimeoutError):
+    """``AsyncResult.get(timeout)`` or ``IMapIterator.next(timeout)`` expired."""
+
+
+class WorkerLostError(NbpoolError, RuntimeError):
+    """The worker process running this item died (signal, ``os._exit``, out of memory)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        worker_id: int | None = None,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        index: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+        self.pid = pid
+        self.exitcode = exitcode
+        self.index = index
+
+    def __reduce__(self):  # keep the keyword attributes across pickling
+        return (
+            _rebuild_worker_lost,
+            (self.args[0], self.worker_id, self.pid, self.exitcode, self.index),
+        )
+
+
+def _rebuild_worker_lost(message, worker_id, pid, exitcode, index):
+    return WorkerLostError(message, worker_id=worker_id, pid=pid, exitcode=exitcode, index=index)
+
+
+class SerializationError(NbpoolError, pickle.PicklingError):
+    """A function, argument or result could not be pickled or unpickled; the message names it."""
+
+
+class BackendUnavailableError(NbpoolError, ImportError):
+    """An optional engine was asked for but its package is not installed."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the formatted traceback of an exception raised in a worker.
+
+    Set as ``__cause__`` of the re-raised exception, so Python prints it above the local
+    traceback ("The above exception was the direct cause of ..."), as ``multiprocessing`` does.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

@@ -1,0 +1,133 @@
+"""Jobs, their item sources and the chunking policy. Owned by the dispatcher thread.
+
+A job is one call (``apply_async``, ``map_async``, ``imap`` ...): a function, a source of items
+and a result object. The dispatcher cuts chunks off it as workers ask for work.
+
+Chunking (when the caller gave no ``chunksize``): probe with chunks of 1, 2, 4 ... until a
+chunk comes back, then size chunks from the measured time per item so that one chunk takes
+about ``TARGET_CHUNK_S``: tiny items travel by the hundred thousand, 20 ms items one by one. With
+a known length a chunk never exceeds 1/(2 × workers) of what is left, so the tail stays balanced.
+``range`` inputs are cut as ranges: a chunk of a million ints is a few bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._serialize import FnPayload
+
+TARGET_CHUNK_S = 0.05
+PROBE_MAX = 64
+MAX_UNSIZED_CHUNK = 10_000  # lazy inputs: bound what is pulled ahead of the workers
+
+
+class SequenceSource:
+    """A sized, sliceable input (list, tuple, range): chunks are slices."""
+
+    def __init__(self, seq: Sequence[Any]) -> None:
+        self.seq = seq
+        self.length: int | None = len(seq)
+        self.pos = 0
+        self.error: BaseException | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return self.pos >= len(self.seq)
+
+    def take(self, n: int) -> Any:
+        chunk = self.seq[self.pos : self.pos + n]
+        self.pos += len(chunk)
+        return chunk if isinstance(chunk, range) else list(chunk)
+
+
+class IteratorSource:
+    """A lazy input (generator, iterator): pulled only as workers have room for it.
+
+    An exception raised by the iterable becomes the result at its position, as the object the
+    iterable raised, and ends the input (the stdlib does the same for ``imap``).
+    """
+
+    def __init__(self, iterable: Iterable[Any]) -> None:
+        self.it: Iterator[Any] = iter(iterable)
+        self.length: int | None = None
+        self.pos = 0
+        self.exhausted = False
+        self.error: BaseException | None = None
+
+    def take(self, n: int) -> list[Any]:
+        out: list[Any] = []
+        try:
+            # list.extend keeps the items it got before an exception
+            out.extend(itertools.islice(self.it, n))
+        except Exception as exc:
+            self.error = exc
+            self.exhausted = True
+        if len(out) < n:
+            self.exhausted = True
+        self.pos += len(out)
+        return out
+
+
+@dataclass
+class Job:
+    id: int
+    fn: FnPayload
+    kind: str  # "map" | "star" | "apply"
+    source: SequenceSource | IteratorSource
+    sink: Any  # one of the _results classes
+    chunksize: int | None
+    retry: collections.deque = field(default_factory=collections.deque)  # (start, items)
+    inflight: int = 0
+    failed_fn: bool = False
+    items_timed: int = 0
+    seconds_timed: float = 0.0
+    probe: int = 1
+    next_chunk_id: int = 0
+    length_sent: bool = False
+
+    @property
+    def est(self) -> float | None:
+        """Measured seconds per item, or None before the first chunk came back."""
+        if self.items_timed == 0:
+            return None
+        return self.seconds_timed / self.items_timed
+
+    def has_work(self) -> bool:
+        return not self.failed_fn and (bool(self.retry) or not self.source.exhausted)
+
+    def done(self) -> bool:
+        return not self.has_work() and self.inflight == 0
+
+    def chunk_size(self, nworkers: int, budget: int | None) -> int:
+        if self.chunksize is not None:
+            n = self.chunksize
+        else:
+            est = self.est
+            if est is None:
+                n, self.probe = self.probe, min(self.probe * 2, PROBE_MAX)
+            else:
+                n = max(1, int(TARGET_CHUNK_S / max(est, 1e-9)))
+            if self.source.length is not None:
+                left = self.source.length - self.source.pos
+                n = min(n, max(1, math.ceil(left / (2 * nworkers))))
+            else:
+                n = min(n, MAX_UNSIZED_CHUNK)
+        if budget is not None:
+            n = min(n, budget)
+        return max(1, n)
+
+    def cut(self, nworkers: int, budget: int | None) -> tuple[int, Any]:
+        """The next (start index, items) to send."""
+        if self.retry:
+            return self.retry.popleft()
+        start = self.source.pos
+        return start, self.source.take(self.chunk_size(nworkers, budget))
+
+    def record_time(self, count: int, elapsed: float) -> None:
+        self.items_timed += count
+        self.seconds_timed += elapsed

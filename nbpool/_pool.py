@@ -1,0 +1,239 @@
+"""``nbpool.Pool``: the ``multiprocessing.Pool`` API over nbpool's engine.
+
+This module checks arguments, keeps the pool's state (running, closed, terminated) and builds
+jobs; it starts no thread and touches no pipe (that is ``_dispatcher``'s job).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ._dispatcher import Engine
+from ._errors import PoolClosedError
+from ._jobs import IteratorSource, Job, SequenceSource
+from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from ._serialize import dumps_fn
+
+__all__ = ["Pool"]
+
+_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+_SERIALIZERS = ("cloudpickle", "dill")
+_job_ids = itertools.count(1)
+
+
+def _check_chunksize(chunksize: int | None) -> None:
+    if chunksize is None:
+        return
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(f"chunksize must be a positive int or None, not {chunksize!r}")
+    if chunksize < 1:
+        raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+
+
+def _start_method(context: Any) -> str | None:
+    if context is None:
+        return None
+    if isinstance(context, str):
+        return context
+    get = getattr(context, "get_start_method", None)
+    return get() if callable(get) else None
+
+
+class Pool:
+    """A process pool with the ``multiprocessing.Pool`` API that works in notebooks.
+
+    Workers are fresh interpreters started outside the calling process (never a fork of it);
+    functions, lambdas, closures and classes defined in ``__main__`` (a notebook) are shipped by
+    value. See the user guide for everything nbpool adds.
+
+    Args:
+        processes: number of workers (default ``os.cpu_count()``).
+        initializer: called as ``initializer(*initargs)`` in each worker when it starts.
+        initargs: arguments for ``initializer``.
+        maxtasksperchild: items a worker runs before it is replaced by a fresh one.
+        context: accepted for compatibility and ignored: nbpool always starts fresh workers.
+            A ``fork`` context gets a ``RuntimeWarning`` saying so.
+        serializer: ``"cloudpickle"`` (default) or ``"dill"``, used for the function and the
+            initializer (and whatever they carry from the notebook).
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        serializer: str = "cloudpickle",
+    ) -> None:
+        self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
+        self._engine: Engine | None = None
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if isinstance(processes, bool) or not isinstance(processes, int):
+            raise TypeError(f"processes must be an int or None, not {processes!r}")
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (
+            isinstance(maxtasksperchild, bool)
+            or not isinstance(maxtasksperchild, int)
+            or maxtasksperchild <= 0
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if serializer not in _SERIALIZERS:
+            raise ValueError(f"serializer must be one of {_SERIALIZERS}, not {serializer!r}")
+        method = _start_method(context)
+        if method == "fork":
+            warnings.warn(
+                "nbpool never forks the calling process (forking a Jupyter kernel, which runs "
+                "threads, can deadlock the child). The 'fork' context is ignored: workers are "
+                "fresh interpreters and notebook code is shipped to them by value.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._processes = processes
+        self._serializer = serializer
+        init_payload = (
+            dumps_fn(initializer, serializer, role="initializer") if initializer else None
+        )
+        self._engine = Engine(processes, init_payload, tuple(initargs), maxtasksperchild)
+        # Terminate the workers when the pool is garbage collected, as the stdlib does. The
+        # finalizer holds the engine, never the pool, so it does not keep the pool alive.
+        self._finalizer = weakref.finalize(self, self._engine.terminate)
+
+    # ------------------------------------------------------------------ state
+
+    def _check_running(self) -> None:
+        if self._state != _RUN:
+            raise PoolClosedError("Pool not running")
+
+    def close(self) -> None:
+        """No more work may be submitted; workers exit once the submitted work is done."""
+        if self._state == _RUN:
+            self._state = _CLOSE
+            assert self._engine is not None
+            self._engine.close()
+
+    def terminate(self) -> None:
+        """Stop the workers now; results not yet ready fail with ``PoolClosedError``."""
+        self._state = _TERMINATE
+        if self._engine is not None:
+            self._engine.terminate()
+            self._engine.join()
+
+    def join(self) -> None:
+        """Wait for the workers to exit; call ``close()`` or ``terminate()`` first."""
+        if self._state == _RUN:
+            raise ValueError("Pool is still running")
+        if self._engine is not None:
+            self._engine.join()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.terminate()
+
+    def __repr__(self) -> str:
+        state = {_RUN: "running", _CLOSE: "closed", _TERMINATE: "terminated"}[self._state]
+        return f"<nbpool.Pool state={state} processes={self._processes}>"
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    # ------------------------------------------------------------------ submission
+
+    def _submit(self, fn: Any, kind: str, source: Any, sink: Any, chunksize: int | None) -> None:
+        self._check_running()
+        if not callable(fn):
+            raise TypeError(f"func must be callable, not {type(fn).__name__}")
+        payload = dumps_fn(fn, self._serializer)  # pre-flight: fails here, in the caller
+        job = Job(next(_job_ids), payload, kind, source, sink, chunksize)
+        assert self._engine is not None
+        self._engine.submit(job)
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> ApplyResult:
+        self._check_running()
+        result = ApplyResult(callback, error_callback)
+        item = (tuple(args), dict(kwds or {}))
+        self._submit(func, "apply", SequenceSource([item]), result, 1)
+        return result
+
+    def apply(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: Mapping[str, Any] | None = None,
+    ) -> Any:
+        return self.apply_async(func, args, kwds).get()
+
+    def _map_async(
+        self, func, iterable, kind, chunksize, callback=None, error_callback=None
+    ) -> MapResult:
+        self._check_running()
+        _check_chunksize(chunksize)
+        if not isinstance(iterable, (list, tuple, range)):
+            # As the stdlib does, take it all now: the iterable's own errors surface here, and
+            # a dict maps over its keys, a set over its members.
+            iterable = list(iterable)
+        source = SequenceSource(iterable)
+        result = MapResult(len(iterable), callback, error_callback)
+        if len(iterable):
+            self._submit(func, kind, source, result, chunksize)
+        return result
+
+    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
+        return self._map_async(func, iterable, "map", chunksize, callback, error_callback)
+
+    def map(self, func, iterable, chunksize=None):
+        return self._map_async(func, iterable, "map", chunksize).get()
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
+        return self._map_async(func, iterable, "star", chunksize, callback, error_callback)
+
+    def starmap(self, func, iterable, chunksize=None):
+        return self._map_async(func, iterable, "star", chunksize).get()
+
+    def _imap(self, func, iterable, chunksize, result) -> Any:
+        self._check_running()
+        _check_chunksize(chunksize)
+        if isinstance(iterable, (list, tuple, range)):
+            source: Any = SequenceSource(iterable)
+        else:
+            source = IteratorSource(iterable)
+        self._submit(func, "map", source, result, chunksize)
+        return result
+
+    def imap(self, func, iterable, chunksize=None) -> IMapIterator:
+        return self._imap(func, iterable, chunksize, IMapIterator())
+
+    def imap_unordered(self, func, iterable, chunksize=None) -> IMapUnorderedIterator:
+        return self._imap(func, iterable, chunksize, IMapUnorderedIterator())
+
+    def __del__(self) -> None:
+        # As the stdlib: a running pool that is garbage collected warns (its finalizer then
+        # terminates the workers). Never raise from here, least of all at interpreter exit.
+        if getattr(self, "_state", None) != _RUN or getattr(self, "_engine", None) is None:
+            return
+        try:
+            warnings.warn(
+                f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=2
+            )
+        except Exception:
+            pass

@@ -1,0 +1,191 @@
+"""Messages between the kernel and a worker, and the framing that carries them.
+
+Every message is a frozen dataclass, pickled with plain pickle, optionally followed by raw
+buffers (a pickled argument or result list and its out-of-band numpy buffers). Raw buffers are
+written straight from their memory and read into fresh ``bytearray``s, so a 50 MB array crosses
+with one copy on each side and arrives writable.
+
+Frame: ``!QI`` (header length, number of buffers), the header, then per buffer ``!Q`` + bytes.
+The transport is an AF_UNIX socket pair per worker: no TCP port is ever opened.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._serialize import FnPayload
+
+__all__ = [
+    "Channel",
+    "ChunkDone",
+    "ChunkLoadFailed",
+    "FnLoadFailed",
+    "Hello",
+    "InitFailed",
+    "ItemFailure",
+    "Ready",
+    "RunChunk",
+    "Shutdown",
+]
+
+_HEAD = struct.Struct("!QI")
+_LEN = struct.Struct("!Q")
+
+
+# ------------------------------------------------------------------ kernel -> worker
+
+
+@dataclass(frozen=True)
+class Hello:
+    """First message: who the worker is, and the caller's import environment."""
+
+    worker_id: int
+    sys_path: tuple[str, ...]
+    initializer: FnPayload | None
+    # buffers[0] (if initializer): pickled initargs
+
+
+@dataclass(frozen=True)
+class RunChunk:
+    """Run items ``start .. start+count-1`` of job ``job_id``; buffers: pickled item list."""
+
+    job_id: int
+    chunk_id: int
+    start: int
+    count: int
+    kind: str  # "map": fn(x) | "star": fn(*x) | "apply": fn(*args, **kwds)
+    fn: FnPayload | None  # None: the worker already holds fn_digest
+    fn_digest: bytes
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Finish what is queued, then exit."""
+
+    worker_id: int
+
+
+# ------------------------------------------------------------------ worker -> kernel
+
+
+@dataclass(frozen=True)
+class Ready:
+    worker_id: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class InitFailed:
+    """The initializer raised; the worker exits after sending this."""
+
+    worker_id: int
+    error: bytes  # pickled exception (see ItemFailure)
+    tb: str
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """One item raised. ``error`` is the pickled exception, or b"" when it could not be pickled."""
+
+    index: int
+    error: bytes
+    tb: str
+    type_name: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """Results of a chunk; buffers: pickled result list (None where an item failed)."""
+
+    worker_id: int
+    job_id: int
+    chunk_id: int
+    elapsed: float
+    failures: tuple[ItemFailure, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class ChunkLoadFailed:
+    """The chunk's arguments could not be unpickled in the worker; nothing of it ran."""
+
+    worker_id: int
+    job_id: int
+    chunk_id: int
+    tb: str
+
+
+@dataclass(frozen=True)
+class FnLoadFailed:
+    """The job's function could not be unpickled in the worker (e.g. a module it lacks)."""
+
+    worker_id: int
+    job_id: int
+    chunk_id: int
+    tb: str
+
+
+# ------------------------------------------------------------------ framing
+
+
+class Channel:
+    """One end of a worker's socket pair. Not thread-safe per direction: one sender, one reader."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, msg: Any, buffers: list[Any] | tuple[Any, ...] = ()) -> None:
+        head = pickle.dumps(msg, protocol=5)
+        views = [memoryview(b).cast("B") for b in buffers]
+        parts: list[bytes | memoryview] = [_HEAD.pack(len(head), len(views)), head]
+        for v in views:
+            parts.append(_LEN.pack(v.nbytes))
+            if v.nbytes < 65536:
+                parts.append(v)
+            else:
+                # Big buffer: flush what we have and write it straight from its memory.
+                self.sock.sendall(b"".join(parts))
+                self.sock.sendall(v)
+                parts = []
+        if parts:
+            self.sock.sendall(b"".join(parts))
+
+    def _read_exact(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.sock.recv_into(view[got:], n - got)
+            if k == 0:
+                raise EOFError("peer closed the channel")
+            got += k
+        return buf
+
+    def recv(self) -> tuple[Any, list[bytearray]]:
+        head_len, nbuf = _HEAD.unpack(self._read_exact(_HEAD.size))
+        msg = pickle.loads(self._read_exact(head_len))
+        buffers = []
+        for _ in range(nbuf):
+            (n,) = _LEN.unpack(self._read_exact(_LEN.size))
+            buffers.append(self._read_exact(n))
+        return msg, buffers
+
+
+def channel_pair() -> tuple[Channel, socket.socket]:
+    """A kernel-side Channel and the worker's raw socket (to hand to the child)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for s in (parent, child):
+        # Bigger buffers: fewer wake-ups when results stream back.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    return Channel(parent), child

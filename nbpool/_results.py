@@ -1,0 +1,197 @@
+"""Result objects with ``multiprocessing.pool`` semantics.
+
+The dispatcher thread fills them (``_deliver``, ``_set_length``, ``_abort``); user threads read
+them. Callbacks run in the dispatcher thread before ``get()`` returns, as in the stdlib.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import TimeoutError
+
+__all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
+
+
+def _run_callback(cb: Callable[[Any], object] | None, arg: Any) -> None:
+    if cb is None:
+        return
+    try:
+        cb(arg)
+    except Exception:
+        # A broken callback must not take the dispatcher down (the stdlib's result thread dies
+        # and every later get() hangs); report it the way an unraisable exception is reported.
+        print("Exception in nbpool callback:", file=sys.stderr)
+        traceback.print_exc()
+
+
+class ApplyResult:
+    """What ``apply_async`` returns (``multiprocessing.pool.AsyncResult``)."""
+
+    def __init__(
+        self,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> None:
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError(f"the result was not ready within {timeout} s")
+        if self._success:
+            return self._value
+        raise self._value
+
+    # -- dispatcher side
+    def _finish(self, success: bool, value: Any) -> None:
+        if self._event.is_set():
+            return
+        self._success, self._value = success, value
+        _run_callback(self._callback if success else self._error_callback, value)
+        self._event.set()
+
+    def _set_length(self, n: int) -> None:
+        pass
+
+    def _deliver(self, start: int, values: list[Any], failures: dict[int, BaseException]) -> None:
+        if failures:
+            self._finish(False, failures[start])
+        else:
+            self._finish(True, values[0])
+
+    def _abort(self, exc: BaseException) -> None:
+        self._finish(False, exc)
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """What ``map_async``/``starmap_async`` return; ``get()`` gives a list in input order.
+
+    As in the stdlib, the first failing item makes the result ready (failed) at once. The other
+    items keep running; their values stay in ``_values`` (see docs: partial results).
+    """
+
+    def __init__(self, length: int, callback=None, error_callback=None) -> None:
+        super().__init__(callback, error_callback)
+        self._values: list[Any] = [None] * length
+        self._left = length
+        if length == 0:
+            self._finish(True, [])
+
+    def _deliver(self, start: int, values: list[Any], failures: dict[int, BaseException]) -> None:
+        self._values[start : start + len(values)] = values
+        self._left -= len(values)
+        if failures:
+            self._finish(False, failures[min(failures)])
+        elif self._left == 0:
+            self._finish(True, self._values)
+
+
+class IMapIterator:
+    """What ``imap`` returns: results in input order, each as soon as it and those before it are in.
+
+    An item that failed raises its exception at its position; iterating further goes on with the
+    next item (the stdlib does the same with the default ``chunksize=1``).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._items: dict[int, tuple[bool, Any]] = {}
+        self._index = 0
+        self._length: int | None = None
+        self._aborted: BaseException | None = None
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def _available(self) -> bool:
+        return self._index in self._items
+
+    def _take(self) -> tuple[bool, Any]:
+        ok_value = self._items.pop(self._index)
+        self._index += 1
+        return ok_value
+
+    def next(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._available():
+                if self._length is not None and self._index >= self._length:
+                    raise StopIteration
+                if self._aborted is not None:
+                    raise self._aborted
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no result within {timeout} s")
+                self._cond.wait(remaining)
+            ok, value = self._take()
+        if ok:
+            return value
+        raise value
+
+    __next__ = next
+
+    # -- dispatcher side
+    def _put(self, index: int, ok: bool, value: Any) -> None:
+        self._items[index] = (ok, value)
+
+    def _deliver(self, start: int, values: list[Any], failures: dict[int, BaseException]) -> None:
+        with self._cond:
+            for i, v in enumerate(values, start):
+                if i in failures:
+                    self._put(i, False, failures[i])
+                else:
+                    self._put(i, True, v)
+            self._cond.notify_all()
+
+    def _set_length(self, n: int) -> None:
+        with self._cond:
+            self._length = n
+            self._cond.notify_all()
+
+    def _abort(self, exc: BaseException) -> None:
+        with self._cond:
+            self._aborted = exc
+            self._cond.notify_all()
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """What ``imap_unordered`` returns: results in the order they complete."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: collections.deque[tuple[bool, Any]] = collections.deque()
+
+    def _available(self) -> bool:
+        return bool(self._queue)
+
+    def _take(self) -> tuple[bool, Any]:
+        self._index += 1
+        return self._queue.popleft()
+
+    def _put(self, index: int, ok: bool, value: Any) -> None:
+        self._queue.append((ok, value))

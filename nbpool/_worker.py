@@ -1,0 +1,193 @@
+"""The worker process: receive chunks, run items, send results. Short and import-light.
+
+Started by the kernel as ``python -c "...; from nbpool._worker import main; main()" FD`` (a fresh
+interpreter, never a fork of the kernel), FD being its end of an AF_UNIX socket pair.
+
+Two threads:
+* the reader drains the socket into a queue, so the kernel's sends never block on a worker that
+  is busy computing or writing a large result; when the socket closes (the kernel exited, was
+  killed, or dropped the worker) it ends the process at once, busy or not, so no worker outlives
+  its kernel;
+* the main thread runs items and catches everything per item, so a failure is data, not a crash.
+
+SIGINT is ignored: Jupyter's interrupt goes to the kernel's whole process group and is the
+kernel's to handle.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from typing import Any
+
+from ._protocol import (
+    Channel,
+    ChunkDone,
+    ChunkLoadFailed,
+    FnLoadFailed,
+    Hello,
+    InitFailed,
+    ItemFailure,
+    Ready,
+    RunChunk,
+    Shutdown,
+)
+from ._serialize import dumps_data, load_fn, loads_data, short_repr
+
+# How many distinct functions a worker keeps loaded; the kernel mirrors this LRU exactly.
+FN_CACHE_SIZE = 64
+
+
+def pack_exception(exc: BaseException) -> tuple[bytes, str]:
+    """(pickled exception or b"", formatted traceback without this module's frames)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    data = b""
+    try:
+        data = pickle.dumps(exc, protocol=5)  # __main__ refs are fine: see dumps_data(to_caller)
+    except Exception:
+        try:
+            import cloudpickle
+
+            data = cloudpickle.dumps(exc, protocol=5)
+        except Exception:
+            data = b""
+    return data, text
+
+
+def _failure(index: int, exc: BaseException) -> ItemFailure:
+    data, text = pack_exception(exc)
+    return ItemFailure(index, data, text, type(exc).__qualname__, short_repr(str(exc), 200))
+
+
+def _run_items(fn: Any, kind: str, items: Any, start: int) -> tuple[list, list[ItemFailure]]:
+    results: list[Any] = []
+    failures: list[ItemFailure] = []
+    append = results.append
+    it = iter(items)
+    # The tight inner loops run until an item raises; the failing item is len(results), and the
+    # same iterator then resumes with the next item. Much cheaper than a try block per item.
+    while True:
+        try:
+            if kind == "map":
+                for x in it:
+                    append(fn(x))
+            elif kind == "star":
+                for x in it:
+                    append(fn(*x))
+            else:
+                for args, kwds in it:
+                    append(fn(*args, **kwds))
+            break
+        except BaseException as exc:
+            failures.append(_failure(start + len(results), exc))
+            append(None)
+    return results, failures
+
+
+def _pack_results(results: list, failures: list[ItemFailure], start: int) -> tuple[Any, list]:
+    try:
+        data, buffers = dumps_data(results, to_caller=True)
+        return data, buffers
+    except Exception:
+        pass
+    # Slow path: find the results that cannot be pickled, fail just those, ship the rest.
+    from ._errors import SerializationError
+
+    for i, r in enumerate(results):
+        try:
+            dumps_data(r, to_caller=True)
+        except Exception as exc:
+            err = SerializationError(
+                f"the result of item {start + i} is a {type(r).__name__} that cannot be pickled "
+                f"({exc}); return plain data (numbers, strings, lists, dicts, arrays) instead"
+            )
+            failures.append(_failure(start + i, err))
+            results[i] = None
+    data, buffers = dumps_data(results, to_caller=True)
+    return data, buffers
+
+
+def _reader(ch: Channel, inbox: queue.SimpleQueue) -> None:
+    try:
+        while True:
+            inbox.put(ch.recv())
+    except BaseException:
+        # The kernel closed our socket or died: nobody will read what we compute.
+        os._exit(0)
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        except Exception:
+            pass
+    ch = Channel(socket.socket(fileno=int(sys.argv[1])))
+    try:
+        hello, buffers = ch.recv()
+    except EOFError:
+        os._exit(0)
+    assert isinstance(hello, Hello)
+    wid = hello.worker_id
+    own_path = sys.path[0]
+    sys.path[:] = list(hello.sys_path) + ([own_path] if own_path not in hello.sys_path else [])
+
+    if hello.initializer is not None:
+        try:
+            init = load_fn(hello.initializer)
+            initargs = loads_data(buffers[0], buffers[1:])
+            init(*initargs)
+        except BaseException as exc:
+            data, text = pack_exception(exc)
+            ch.send(InitFailed(wid, data, text))
+            os._exit(3)
+    ch.send(Ready(wid, os.getpid()))
+
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_reader, args=(ch, inbox), name="nbpool-reader", daemon=True).start()
+    fns: OrderedDict[bytes, Any] = OrderedDict()
+
+    while True:
+        msg, buffers = inbox.get()
+        if isinstance(msg, Shutdown):
+            break
+        assert isinstance(msg, RunChunk)
+        if msg.fn is not None:
+            try:
+                fns[msg.fn_digest] = load_fn(msg.fn)
+            except BaseException as exc:
+                fns.pop(msg.fn_digest, None)
+                ch.send(FnLoadFailed(wid, msg.job_id, msg.chunk_id, pack_exception(exc)[1]))
+                continue
+            if len(fns) > FN_CACHE_SIZE:
+                fns.popitem(last=False)
+        else:
+            fns.move_to_end(msg.fn_digest)
+        fn = fns[msg.fn_digest]
+        t0 = time.perf_counter()
+        try:
+            items = loads_data(buffers[0], buffers[1:])
+        except BaseException as exc:
+            ch.send(ChunkLoadFailed(wid, msg.job_id, msg.chunk_id, pack_exception(exc)[1]))
+            continue
+        del buffers
+        results, failures = _run_items(fn, msg.kind, items, msg.start)
+        del items
+        data, out = _pack_results(results, failures, msg.start)
+        del results
+        elapsed = time.perf_counter() - t0
+        ch.send(ChunkDone(wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures)), [data, *out])
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()

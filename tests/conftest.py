@@ -1,0 +1,68 @@
+"""Shared fixtures. Every test must leave no child process and no extra thread behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _children() -> set[int]:
+    """Child processes, minus the stdlib's own long-lived helper (started by the parity tests'
+    spawn pools on first use and kept for the life of the test process, by design)."""
+    pids = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" in " ".join(p.cmdline()):
+                continue
+        except psutil.Error:
+            continue
+        pids.add(p.pid)
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(request):
+    """Fail a test that leaves a child process or a thread behind (after a short grace)."""
+    threads_before = set(threading.enumerate())
+    children_before = _children()
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        extra_children = _children() - children_before
+        extra_threads = [
+            t for t in threading.enumerate() if t not in threads_before and t.is_alive()
+        ]
+        if not extra_children and not extra_threads:
+            return
+        time.sleep(0.05)
+    for pid in extra_children:  # don't let one leak cascade into the next tests
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    pytest.fail(
+        f"test left behind processes {sorted(extra_children)} "
+        f"and threads {[t.name for t in extra_threads]}"
+    )
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child interpreter or kernel: no pytest variables (a kernel that
+    inherits PYTEST_CURRENT_TEST stops forwarding child output), tests/ importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env["PYTHONPATH"] = os.pathsep.join([HERE, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable

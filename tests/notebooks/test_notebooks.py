@@ -1,0 +1,248 @@
+"""Run every notebook in notebooks/ in a real Jupyter kernel, as a reader would.
+
+Each notebook runs with nbclient in its own folder, with HOME, the Jupyter and IPython
+directories and TMPDIR inside ``tmp_path`` and no ``PYTEST*`` variable in the kernel's
+environment (a kernel that inherits ``PYTEST_CURRENT_TEST`` stops forwarding child output).
+nbclient shuts the kernel down when the run ends, pass or fail; ``execute`` then checks that no
+kernel or worker process is left (and so does the autouse ``no_leftovers`` fixture).
+
+The tour's checks find cells by their ids, which tools/make_tour.py sets.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import nbformat
+import psutil
+import pytest
+from conftest import ROOT, clean_env
+from nbclient import NotebookClient
+
+NOTEBOOKS_DIR = pathlib.Path(ROOT) / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+RUN_NOTEBOOK = pathlib.Path(ROOT) / "tools" / "run_notebook.py"
+MAKE_TOUR = pathlib.Path(ROOT) / "tools" / "make_tour.py"
+CELL_TIMEOUT_S = 60
+STARTUP_TIMEOUT_S = 60
+TOOL_TIMEOUT_S = 150
+SHUTDOWN_GRACE_S = 10
+
+
+def isolate(base: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point HOME, the Jupyter/IPython/XDG dirs and TMPDIR under ``base``, in this process (where
+    nbclient writes the connection file) and in the returned environment for the kernel."""
+    dirs = {
+        "HOME": base / "home",
+        "JUPYTER_CONFIG_DIR": base / "jupyter" / "config",
+        "JUPYTER_DATA_DIR": base / "jupyter" / "data",
+        "JUPYTER_RUNTIME_DIR": base / "jupyter" / "runtime",
+        "IPYTHONDIR": base / "ipython",
+        "XDG_CONFIG_HOME": base / "xdg" / "config",
+        "XDG_DATA_HOME": base / "xdg" / "data",
+        "XDG_CACHE_HOME": base / "xdg" / "cache",
+        "XDG_RUNTIME_DIR": base / "xdg" / "runtime",
+        "TMPDIR": base / "tmp",
+    }
+    for name, path in dirs.items():
+        path.mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")  # no jupyter_core migration warning
+    return clean_env(JUPYTER_PLATFORM_DIRS="1", **{n: str(p) for n, p in dirs.items()})
+
+
+@pytest.fixture
+def jupyter_env(tmp_path, monkeypatch) -> dict[str, str]:
+    return isolate(tmp_path, monkeypatch)
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def execute(path: pathlib.Path, env: dict[str, str]) -> nbformat.NotebookNode:
+    """Run a notebook in place (the file is not written) and return the executed copy.
+
+    Also checks that the kernel and every process it started are gone afterwards (the module-
+    scoped ``tour`` fixture runs outside the per-test ``no_leftovers`` check).
+    """
+    before = _children()
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT_S,
+        startup_timeout=STARTUP_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    try:
+        # Raises CellExecutionError on the first failing cell; nbclient shuts the kernel down
+        # either way (a graceful shutdown request, then a kill after its own timeout).
+        client.execute(env=env)
+    finally:
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while _children() - before and time.monotonic() < deadline:
+            time.sleep(0.05)
+    left = _children() - before
+    assert not left, f"the kernel left processes behind: {sorted(left)}"
+    return nb
+
+
+def cell_text(nb: nbformat.NotebookNode, cell_id: str) -> str:
+    """Everything a code cell showed as text: streams and text/plain results."""
+    (cell,) = [c for c in nb.cells if c.get("id") == cell_id]
+    parts = []
+    for out in cell.outputs:
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts.append(out.data.get("text/plain", ""))
+    return "".join(parts)
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, f"no notebooks found in {NOTEBOOKS_DIR}"
+
+
+def test_tour_is_generated_by_make_tour():
+    """notebooks/tour.ipynb is what tools/make_tour.py writes: edit the script, not the file."""
+    spec = importlib.util.spec_from_file_location("make_tour", MAKE_TOUR)
+    assert spec is not None and spec.loader is not None
+    make_tour = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tour)
+    expected = nbformat.writes(make_tour.build())
+    actual = (NOTEBOOKS_DIR / "tour.ipynb").read_text(encoding="utf-8")
+    assert actual.rstrip("\n") == expected.rstrip("\n"), (
+        "notebooks/tour.ipynb is out of date: run `.venv/bin/python tools/make_tour.py`"
+    )
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_without_errors(path, jupyter_env):
+    nb = execute(path, jupyter_env)
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code_cells)
+    errors = [o for c in code_cells for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+    stderr = [o.text for c in code_cells for o in c.outputs if o.get("name") == "stderr"]
+    assert not stderr, stderr
+
+
+@pytest.fixture(scope="module")
+def tour(tmp_path_factory) -> nbformat.NotebookNode:
+    """The executed tour, run once for all the checks below."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        env = isolate(tmp_path_factory.mktemp("tour"), monkeypatch)
+        return execute(NOTEBOOKS_DIR / "tour.ipynb", env)
+
+
+@pytest.mark.kernel
+def test_tour_function_and_lambda(tour):
+    text = cell_text(tour, "functions")
+    assert "[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in text
+    assert "['A', 'B', 'C']" in text
+
+
+@pytest.mark.kernel
+def test_tour_closure(tour):
+    assert "[0, 3, 6, 9, 12]" in cell_text(tour, "closure")
+
+
+@pytest.mark.kernel
+def test_tour_notebook_class_keeps_isinstance(tour):
+    text = cell_text(tour, "classes")
+    assert "[Point(x=2, y=1), Point(x=4, y=3)]" in text
+    assert "isinstance: True" in text
+
+
+@pytest.mark.kernel
+def test_tour_notebook_exception_caught_by_type(tour):
+    text = cell_text(tour, "errors")
+    assert "caught BadInput - negative input: -3" in text
+    assert "raised while running item 2:" in text
+
+
+@pytest.mark.kernel
+def test_tour_imap_partial_results(tour):
+    assert "[1, 2, BadInput('negative input: -3'), 4]" in cell_text(tour, "partial")
+
+
+@pytest.mark.kernel
+def test_tour_initializer_global(tour):
+    text = cell_text(tour, "initializer")
+    assert "[0, 10, 20, 30, 40]" in text
+    assert "MODEL in the kernel: None" in text
+
+
+@pytest.mark.kernel
+def test_tour_changed_constant_reaches_workers(tour):
+    assert "[1, 1]\n[2, 2]" in cell_text(tour, "constants")
+
+
+@pytest.mark.kernel
+def test_tour_imap_over_generator(tour):
+    assert "0 1 4 9 16 25" in cell_text(tour, "imap")
+
+
+@pytest.mark.kernel
+def test_tour_worker_crash(tour):
+    text = cell_text(tour, "crash")
+    assert "WorkerLostError:" in text
+    assert "SIGKILL" in text
+    assert "still usable: [0, 1, 4, 9, 16]" in text
+
+
+@pytest.mark.kernel
+def test_tour_pool_closed_at_end(tour):
+    assert "state=closed" in cell_text(tour, "close")
+
+
+@pytest.mark.kernel
+def test_run_notebook_tool_prints_outputs(jupyter_env):
+    """``make tour``: the tool runs the tour, prints each cell's outputs and exits 0."""
+    proc = subprocess.run(
+        [sys.executable, str(RUN_NOTEBOOK), str(NOTEBOOKS_DIR / "tour.ipynb")],
+        env=jupyter_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "isinstance: True" in proc.stdout
+    assert "SIGKILL" in proc.stdout
+    assert "OK: " in proc.stdout
+
+
+@pytest.mark.kernel
+def test_run_notebook_tool_fails_on_error(jupyter_env, tmp_path):
+    """A cell that raises makes the tool exit 1 and name the error; later cells don't run."""
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("print('first cell ran')", id="first"),
+            nbformat.v4.new_code_cell("1 / 0", id="boom"),
+            nbformat.v4.new_code_cell("print('never printed')", id="after"),
+        ]
+    )
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nb, path)
+    proc = subprocess.run(
+        [sys.executable, str(RUN_NOTEBOOK), str(path)],
+        env=jupyter_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "first cell ran" in proc.stdout
+    assert "ZeroDivisionError" in proc.stdout + proc.stderr
+    assert "never printed" not in proc.stdout
+    assert "FAILED" in proc.stderr
+    assert not os.path.exists(tmp_path / "broken.nbconvert.ipynb")

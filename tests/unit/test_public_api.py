@@ -1,0 +1,86 @@
+"""The public surface is explicit and pinned; ``import nbpool`` stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import nbpool
+
+EXPECTED = {
+    "ApplyResult",
+    "AsyncResult",
+    "BackendUnavailableError",
+    "IMapIterator",
+    "IMapUnorderedIterator",
+    "MapResult",
+    "NbpoolError",
+    "Pool",
+    "PoolClosedError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TimeoutError",
+    "WorkerLostError",
+    "__version__",
+}
+
+
+@pytest.mark.smoke
+def test_all_is_pinned():
+    assert set(nbpool.__all__) == EXPECTED
+    for name in nbpool.__all__:
+        assert hasattr(nbpool, name), name
+
+
+@pytest.mark.smoke
+def test_import_is_light():
+    code = (
+        "import sys, nbpool\n"
+        "heavy = ['IPython', 'ipywidgets', 'anywidget', 'ray', 'dask', 'distributed', 'numpy',"
+        " 'psutil', 'dill', 'ipykernel', 'tqdm']\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_error_tree():
+    import multiprocessing
+    import pickle
+
+    assert issubclass(nbpool.PoolClosedError, ValueError)
+    assert issubclass(nbpool.TimeoutError, multiprocessing.TimeoutError)
+    assert issubclass(nbpool.WorkerLostError, RuntimeError)
+    assert issubclass(nbpool.SerializationError, pickle.PicklingError)
+    assert issubclass(nbpool.BackendUnavailableError, ImportError)
+    for cls in (nbpool.PoolClosedError, nbpool.WorkerLostError, nbpool.SerializationError):
+        assert issubclass(cls, nbpool.NbpoolError)
+    err = nbpool.WorkerLostError("x", worker_id=1, pid=2, exitcode=-9, index=4)
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.worker_id, back.pid, back.exitcode, back.index) == (1, 2, -9, 4)
+
+
+@pytest.mark.smoke
+def test_worker_imports_stay_small():
+    """A worker imports nbpool._worker only: no multiprocessing, no caller-side machinery."""
+    code = (
+        "import sys, nbpool._worker\n"
+        "print(sorted(m for m in ['multiprocessing', 'nbpool._pool', 'nbpool._dispatcher',"
+        " 'subprocess', 'cloudpickle', 'dill'] if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_map_over_dict_set_and_deque():
+    import collections
+
+    with nbpool.Pool(1) as p:
+        assert p.map(abs, {-1: "a", -2: "b"}) == [1, 2]
+        assert sorted(p.map(abs, {-3, 4})) == [3, 4]
+        assert p.map(abs, collections.deque([-5, 6])) == [5, 6]
+        assert list(p.imap(abs, collections.deque([-7]))) == [7]

@@ -1,0 +1,120 @@
+"""Run a notebook headless and print what each cell showed (the ``make tour`` command).
+
+Usage: ``.venv/bin/python tools/run_notebook.py notebooks/tour.ipynb [--output OUT.ipynb]``
+
+The notebook runs in a real ``python3`` kernel with nbclient, in the notebook's own folder (so a
+module next to it imports, in the kernel and in nbpool's workers), with a 120 s limit per cell.
+Variables starting with ``PYTEST`` are dropped from the kernel's environment: a kernel that
+inherits ``PYTEST_CURRENT_TEST`` stops forwarding child-process output. The notebook file is
+not modified; ``--output`` writes the executed copy elsewhere. Exit status: 0 when every cell
+ran, 1 when a cell raised or timed out, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+CELL_TIMEOUT_S = 120
+STARTUP_TIMEOUT_S = 60
+
+
+def kernel_env() -> dict[str, str]:
+    """This process's environment minus every ``PYTEST*`` variable."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+
+
+def output_text(output: nbformat.NotebookNode) -> str:
+    """The text a reader would see for one output (streams, text/plain, errors)."""
+    kind = output.get("output_type")
+    if kind == "stream":
+        return output.get("text", "")
+    if kind in ("execute_result", "display_data"):
+        data = output.get("data", {})
+        if "text/plain" in data:
+            return data["text/plain"] + "\n"
+        return f"<{', '.join(sorted(data))}>\n"
+    if kind == "error":
+        return f"{output.get('ename')}: {output.get('evalue')}\n"
+    return ""
+
+
+def summary(source: str, width: int = 96) -> str:
+    """The first line of a cell (plus how many more there are)."""
+    lines = source.strip().splitlines() or [""]
+    first = lines[0] if len(lines[0]) <= width else lines[0][: width - 3] + "..."
+    more = f"  (+{len(lines) - 1} lines)" if len(lines) > 1 else ""
+    return first + more
+
+
+def print_cell(cell: nbformat.NotebookNode) -> None:
+    """``--- In [n]: first line`` and then the cell's text outputs."""
+    out = sys.stdout
+    count = cell.get("execution_count")
+    out.write(f"--- In [{count if count is not None else ' '}]: {summary(cell.source)}\n")
+    text = "".join(output_text(o) for o in cell.get("outputs", []))
+    if text:
+        out.write(text if text.endswith("\n") else text + "\n")
+    out.flush()
+
+
+def run(path: pathlib.Path, output: pathlib.Path | None, timeout: int) -> int:
+    nb = nbformat.read(path, as_version=4)
+    printed: set[int] = set()
+
+    def on_cell_executed(cell, cell_index, **_):
+        # Called as each cell finishes (also when it raised), so progress shows as it happens.
+        printed.add(cell_index)
+        print_cell(cell)
+
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        startup_timeout=STARTUP_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+        on_cell_executed=on_cell_executed,
+    )
+    t0 = time.monotonic()
+    status = 0
+    failure = ""
+    try:
+        client.execute(env=kernel_env())
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
+        status = 1
+        failure = f"{type(exc).__name__}: {exc}"
+    # A cell that timed out or killed the kernel got no hook call: show what it printed.
+    for index, cell in enumerate(nb.cells):
+        if index not in printed and cell.cell_type == "code" and cell.get("outputs"):
+            print_cell(cell)
+    if output is not None:
+        nbformat.write(nb, output)
+        print(f"executed notebook written to {output}")
+    elapsed = time.monotonic() - t0
+    if status:
+        print(f"\nFAILED: {path} ({elapsed:.1f} s)\n{failure}", file=sys.stderr)
+    else:
+        print(f"\nOK: {path} ran in {elapsed:.1f} s")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebook", type=pathlib.Path)
+    parser.add_argument("--output", type=pathlib.Path, help="write the executed notebook here")
+    parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds per cell")
+    args = parser.parse_args(argv)
+    if not args.notebook.is_file():
+        parser.error(f"no such notebook: {args.notebook}")
+    return run(args.notebook.resolve(), args.output, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
