@@ -6,6 +6,8 @@
      ├─ PoolClosedError(NbpoolError, ValueError)             the pool was closed or terminated
      ├─ TimeoutError(NbpoolError, mp.TimeoutError)            get(timeout) expired
      ├─ WorkerLostError(NbpoolError, RuntimeError)           a worker died while running the item
+     │   └─ MemoryLimitError(WorkerLostError, MemoryError)   killed over max_memory_per_worker
+     ├─ TaskTimeoutError(NbpoolError, builtins.TimeoutError)  the item ran past task_timeout
      ├─ SerializationError(NbpoolError, pickle.PicklingError)   names the object and what to do
      └─ BackendUnavailableError(NbpoolError, ImportError)    names the extra to install
 
@@ -18,15 +20,18 @@ drop-in code keeps working. User exceptions are re-raised as their own type, nev
 
 from __future__ import annotations
 
+import builtins
 import multiprocessing
 import pickle
 
 __all__ = [
     "BackendUnavailableError",
+    "MemoryLimitError",
     "NbpoolError",
     "PoolClosedError",
     "RemoteTraceback",
     "SerializationError",
+    "TaskTimeoutError",
     "TimeoutError",
     "WorkerLostError",
 ]
@@ -65,12 +70,31 @@ class WorkerLostError(NbpoolError, RuntimeError):
     def __reduce__(self):  # keep the keyword attributes across pickling
         return (
             _rebuild_worker_lost,
-            (self.args[0], self.worker_id, self.pid, self.exitcode, self.index),
+            (type(self), self.args[0], self.worker_id, self.pid, self.exitcode, self.index),
         )
 
 
-def _rebuild_worker_lost(message, worker_id, pid, exitcode, index):
-    return WorkerLostError(message, worker_id=worker_id, pid=pid, exitcode=exitcode, index=index)
+def _rebuild_worker_lost(cls, message, worker_id, pid, exitcode, index):
+    return cls(message, worker_id=worker_id, pid=pid, exitcode=exitcode, index=index)
+
+
+class MemoryLimitError(WorkerLostError, MemoryError):
+    """The worker went over the hard memory limit (``max_memory_per_worker``) and was killed."""
+
+
+class TaskTimeoutError(NbpoolError, builtins.TimeoutError):
+    """The item ran longer than ``task_timeout``; its worker was replaced, the job went on."""
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+    def __reduce__(self):
+        return (_rebuild_task_timeout, (self.args[0], self.index))
+
+
+def _rebuild_task_timeout(message, index):
+    return TaskTimeoutError(message, index=index)
 
 
 class SerializationError(NbpoolError, pickle.PicklingError):

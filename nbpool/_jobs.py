@@ -89,6 +89,10 @@ class Job:
     probe: int = 1
     next_chunk_id: int = 0
     length_sent: bool = False
+    cancelled: bool = False
+    retries: int = 0
+    task_timeout: float | None = None
+    attempts: dict[int, int] = field(default_factory=dict)  # item index -> re-runs after deaths
 
     @property
     def est(self) -> float | None:
@@ -98,7 +102,9 @@ class Job:
         return self.seconds_timed / self.items_timed
 
     def has_work(self) -> bool:
-        return not self.failed_fn and (bool(self.retry) or not self.source.exhausted)
+        if self.failed_fn or self.cancelled:
+            return False
+        return bool(self.retry) or not self.source.exhausted
 
     def done(self) -> bool:
         return not self.has_work() and self.inflight == 0

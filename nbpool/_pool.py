@@ -35,6 +35,60 @@ def _check_chunksize(chunksize: int | None) -> None:
         raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
 
 
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+def _check_seconds(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 seconds, not {value}")
+    return float(value)
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+    "k": 2**10,
+    "m": 2**20,
+    "g": 2**30,
+}
+
+
+def _parse_bytes(name: str, value: Any) -> int | None:
+    """``None``, an int of bytes, or a string such as ``"2GB"`` or ``"512 MiB"``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        import re
+
+        m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", value)
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _UNITS:
+            raise ValueError(f"{name}: cannot read {value!r}; use bytes or e.g. '2GB', '512MiB'")
+        value = int(float(m.group(1)) * _UNITS[unit])
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be bytes (int) or a string like '2GB', not {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, not {value}")
+    return int(value)
+
+
 def _start_method(context: Any) -> str | None:
     if context is None:
         return None
@@ -60,6 +114,13 @@ class Pool:
             A ``fork`` context gets a ``RuntimeWarning`` saying so.
         serializer: ``"cloudpickle"`` (default) or ``"dill"``, used for the function and the
             initializer (and whatever they carry from the notebook).
+        retries: how many times an item whose worker died (signal, segfault, ``os._exit``) is
+            run again, on a fresh worker, before it fails with ``WorkerLostError``.
+        task_timeout: seconds an item may run; past that its worker is killed and replaced and
+            the item fails with ``TaskTimeoutError``. The job goes on.
+        max_memory_per_worker: bytes (or ``"2GB"``, ``"512MiB"``). A worker above it is replaced
+            once its current chunk is done; one above 1.5 times it is killed at once and its
+            item fails with ``MemoryLimitError``. Checked every 0.5 s.
     """
 
     def __init__(
@@ -71,6 +132,9 @@ class Pool:
         context: Any = None,
         *,
         serializer: str = "cloudpickle",
+        retries: int = 0,
+        task_timeout: float | None = None,
+        max_memory_per_worker: int | str | None = None,
     ) -> None:
         self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
         self._engine: Engine | None = None
@@ -90,6 +154,9 @@ class Pool:
             raise TypeError("initializer must be a callable")
         if serializer not in _SERIALIZERS:
             raise ValueError(f"serializer must be one of {_SERIALIZERS}, not {serializer!r}")
+        self._retries = _check_int("retries", retries, minimum=0)
+        self._task_timeout = _check_seconds("task_timeout", task_timeout)
+        max_memory = _parse_bytes("max_memory_per_worker", max_memory_per_worker)
         method = _start_method(context)
         if method == "fork":
             warnings.warn(
@@ -104,7 +171,9 @@ class Pool:
         init_payload = (
             dumps_fn(initializer, serializer, role="initializer") if initializer else None
         )
-        self._engine = Engine(processes, init_payload, tuple(initargs), maxtasksperchild)
+        self._engine = Engine(
+            processes, init_payload, tuple(initargs), maxtasksperchild, max_memory=max_memory
+        )
         # Terminate the workers when the pool is garbage collected, as the stdlib does. The
         # finalizer holds the engine, never the pool, so it does not keep the pool alive.
         self._finalizer = weakref.finalize(self, self._engine.terminate)
@@ -158,8 +227,15 @@ class Pool:
             raise TypeError(f"func must be callable, not {type(fn).__name__}")
         payload = dumps_fn(fn, self._serializer)  # pre-flight: fails here, in the caller
         job = Job(next(_job_ids), payload, kind, source, sink, chunksize)
-        assert self._engine is not None
-        self._engine.submit(job)
+        job.retries, job.task_timeout = self._retries, self._task_timeout
+        engine = self._engine
+        assert engine is not None
+        reason = KeyboardInterrupt(
+            "interrupted: the job was cancelled (queued items dropped, running ones stopped); "
+            "results already delivered stay available"
+        )
+        sink._canceller = lambda: engine.cancel(job.id, reason)
+        engine.submit(job)
 
     def apply_async(
         self,

@@ -20,6 +20,7 @@ from typing import Any
 from ._serialize import FnPayload
 
 __all__ = [
+    "Cancel",
     "Channel",
     "ChunkDone",
     "ChunkLoadFailed",
@@ -49,6 +50,12 @@ class Hello:
     # buffers[0] (if initializer): pickled initargs
 
 
+# What a worker writes in slot[2] (see _worker) when it is not running a given item.
+STAGE_IDLE, STAGE_LOADING, STAGE_RUNNING, STAGE_PICKLING = -1, -2, -3, -4
+# RunChunk.track: how closely the worker reports, in its shared slot, which item it is on.
+TRACK_NONE, TRACK_INDEX, TRACK_TIME = 0, 1, 2
+
+
 @dataclass(frozen=True)
 class RunChunk:
     """Run items ``start .. start+count-1`` of job ``job_id``; buffers: pickled item list."""
@@ -60,6 +67,15 @@ class RunChunk:
     kind: str  # "map": fn(x) | "star": fn(*x) | "apply": fn(*args, **kwds)
     fn: FnPayload | None  # None: the worker already holds fn_digest
     fn_digest: bytes
+    track: int = TRACK_INDEX
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Skip this job's chunks still queued in the worker (handled by its reader thread)."""
+
+    worker_id: int
+    job_id: int
 
 
 @dataclass(frozen=True)
@@ -107,6 +123,7 @@ class ChunkDone:
     chunk_id: int
     elapsed: float
     failures: tuple[ItemFailure, ...] = field(default=())
+    skipped: bool = False  # the job was cancelled before this chunk started: nothing ran
 
 
 @dataclass(frozen=True)

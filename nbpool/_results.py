@@ -7,6 +7,7 @@ them. Callbacks run in the dispatcher thread before ``get()`` returns, as in the
 from __future__ import annotations
 
 import collections
+import signal
 import sys
 import threading
 import time
@@ -31,6 +32,22 @@ def _run_callback(cb: Callable[[Any], object] | None, arg: Any) -> None:
         traceback.print_exc()
 
 
+def _cancel_on_interrupt(result: Any) -> None:
+    """Called when the wait for ``result`` was interrupted (the ■ button, Ctrl-C)."""
+    cancel = result._canceller
+    if cancel is None:
+        return
+    # A second SIGINT while we queue the cancel must not lose it: hold SIGINT for these few
+    # microseconds; if one came, it is raised as soon as the mask is restored.
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if main else None
+    try:
+        cancel()
+    finally:
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class ApplyResult:
     """What ``apply_async`` returns (``multiprocessing.pool.AsyncResult``)."""
 
@@ -44,6 +61,7 @@ class ApplyResult:
         self._error_callback = error_callback
         self._success = False
         self._value: Any = None
+        self._canceller: Callable[[], None] | None = None  # set by the pool on submission
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -54,7 +72,13 @@ class ApplyResult:
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
-        self._event.wait(timeout)
+        try:
+            self._event.wait(timeout)
+        except KeyboardInterrupt:
+            # Interrupting the wait stops the job: queued items are dropped, running ones
+            # stopped, the pool stays warm. What finished stays in the result.
+            _cancel_on_interrupt(self)
+            raise
 
     def get(self, timeout: float | None = None) -> Any:
         self.wait(timeout)
@@ -124,6 +148,7 @@ class IMapIterator:
         self._index = 0
         self._length: int | None = None
         self._aborted: BaseException | None = None
+        self._canceller: Callable[[], None] | None = None
 
     def __iter__(self) -> IMapIterator:
         return self
@@ -137,6 +162,13 @@ class IMapIterator:
         return ok_value
 
     def next(self, timeout: float | None = None) -> Any:
+        try:
+            return self._next(timeout)
+        except KeyboardInterrupt:
+            _cancel_on_interrupt(self)
+            raise
+
+    def _next(self, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._available():

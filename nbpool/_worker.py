@@ -1,7 +1,10 @@
 """The worker process: receive chunks, run items, send results. Short and import-light.
 
-Started by the kernel as ``python -c "...; from nbpool._worker import main; main()" FD`` (a fresh
-interpreter, never a fork of the kernel), FD being its end of an AF_UNIX socket pair.
+Started by the kernel as ``python -c "...; from nbpool._worker import main; main()" SOCK SLOT``
+(a fresh interpreter, never a fork of the kernel): SOCK is its end of an AF_UNIX socket pair,
+SLOT a small shared-memory file in which it writes which item it is on, so that the kernel knows
+exactly which item a worker was running when it died or ran past its timeout, without a message
+per item. Its stdout and stderr are pipes that the kernel reads, so output survives a crash.
 
 Two threads:
 * the reader drains the socket into a queue, so the kernel's sends never block on a worker that
@@ -16,6 +19,7 @@ kernel's to handle.
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import queue
@@ -29,6 +33,13 @@ from collections import OrderedDict
 from typing import Any
 
 from ._protocol import (
+    STAGE_IDLE,
+    STAGE_LOADING,
+    STAGE_PICKLING,
+    STAGE_RUNNING,
+    TRACK_INDEX,
+    TRACK_NONE,
+    Cancel,
     Channel,
     ChunkDone,
     ChunkLoadFailed,
@@ -70,24 +81,44 @@ def _failure(index: int, exc: BaseException) -> ItemFailure:
     return ItemFailure(index, data, text, type(exc).__qualname__, short_repr(str(exc), 200))
 
 
-def _run_items(fn: Any, kind: str, items: Any, start: int) -> tuple[list, list[ItemFailure]]:
+def _run_items(
+    fn: Any, kind: str, items: Any, start: int, slot: Any, track: int
+) -> tuple[list, list[ItemFailure]]:
     results: list[Any] = []
     failures: list[ItemFailure] = []
     append = results.append
     it = iter(items)
+    now = time.monotonic_ns
     # The tight inner loops run until an item raises; the failing item is len(results), and the
     # same iterator then resumes with the next item. Much cheaper than a try block per item.
+    # slot[2] = index (and slot[3] = start time) costs ~60 ns an item, so the kernel asks for
+    # it only where items are slow enough for that not to matter (RunChunk.track).
     while True:
+        i = start + len(results)
         try:
-            if kind == "map":
-                for x in it:
-                    append(fn(x))
-            elif kind == "star":
-                for x in it:
-                    append(fn(*x))
+            if track == TRACK_NONE:
+                slot[2] = STAGE_RUNNING
+                if kind == "map":
+                    for x in it:
+                        append(fn(x))
+                elif kind == "star":
+                    for x in it:
+                        append(fn(*x))
+                else:
+                    for args, kwds in it:
+                        append(fn(*args, **kwds))
             else:
-                for args, kwds in it:
-                    append(fn(*args, **kwds))
+                timed = track != TRACK_INDEX
+                for j, x in enumerate(it, i):
+                    if timed:
+                        slot[3] = now()
+                    slot[2] = j
+                    if kind == "map":
+                        append(fn(x))
+                    elif kind == "star":
+                        append(fn(*x))
+                    else:
+                        append(fn(*x[0], **x[1]))
             break
         except BaseException as exc:
             failures.append(_failure(start + len(results), exc))
@@ -118,10 +149,15 @@ def _pack_results(results: list, failures: list[ItemFailure], start: int) -> tup
     return data, buffers
 
 
-def _reader(ch: Channel, inbox: queue.SimpleQueue) -> None:
+def _reader(ch: Channel, inbox: queue.SimpleQueue, cancelled: set[int]) -> None:
     try:
         while True:
-            inbox.put(ch.recv())
+            msg, buffers = ch.recv()
+            if isinstance(msg, Cancel):
+                # Out of band: the chunks it cancels are already queued ahead of it.
+                cancelled.add(msg.job_id)
+            else:
+                inbox.put((msg, buffers))
     except BaseException:
         # The kernel closed our socket or died: nobody will read what we compute.
         os._exit(0)
@@ -135,6 +171,9 @@ def main() -> None:
         except Exception:
             pass
     ch = Channel(socket.socket(fileno=int(sys.argv[1])))
+    slot_fd = int(sys.argv[2])
+    slot = memoryview(mmap.mmap(slot_fd, 64)).cast("q")  # [job, chunk, stage/index, start ns]
+    os.close(slot_fd)
     try:
         hello, buffers = ch.recv()
     except EOFError:
@@ -156,7 +195,11 @@ def main() -> None:
     ch.send(Ready(wid, os.getpid()))
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
-    threading.Thread(target=_reader, args=(ch, inbox), name="nbpool-reader", daemon=True).start()
+    cancelled: set[int] = set()
+    reader = threading.Thread(
+        target=_reader, args=(ch, inbox, cancelled), name="nbpool-reader", daemon=True
+    )
+    reader.start()
     fns: OrderedDict[bytes, Any] = OrderedDict()
 
     while True:
@@ -164,6 +207,10 @@ def main() -> None:
         if isinstance(msg, Shutdown):
             break
         assert isinstance(msg, RunChunk)
+        if msg.job_id in cancelled:
+            ch.send(ChunkDone(wid, msg.job_id, msg.chunk_id, 0.0, skipped=True))
+            continue
+        slot[0], slot[1], slot[2] = msg.job_id, msg.chunk_id, STAGE_LOADING
         if msg.fn is not None:
             try:
                 fns[msg.fn_digest] = load_fn(msg.fn)
@@ -175,7 +222,10 @@ def main() -> None:
                 fns.popitem(last=False)
         else:
             fns.move_to_end(msg.fn_digest)
-        fn = fns[msg.fn_digest]
+        fn = fns.get(msg.fn_digest)
+        if fn is None:  # its load failed earlier; the kernel fails the job on our word
+            ch.send(FnLoadFailed(wid, msg.job_id, msg.chunk_id, "function not loaded"))
+            continue
         t0 = time.perf_counter()
         try:
             items = loads_data(buffers[0], buffers[1:])
@@ -183,11 +233,13 @@ def main() -> None:
             ch.send(ChunkLoadFailed(wid, msg.job_id, msg.chunk_id, pack_exception(exc)[1]))
             continue
         del buffers
-        results, failures = _run_items(fn, msg.kind, items, msg.start)
+        results, failures = _run_items(fn, msg.kind, items, msg.start, slot, msg.track)
         del items
+        slot[2] = STAGE_PICKLING
         data, out = _pack_results(results, failures, msg.start)
         del results
         elapsed = time.perf_counter() - t0
         ch.send(ChunkDone(wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures)), [data, *out])
+        slot[2] = STAGE_IDLE
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

@@ -1,0 +1,136 @@
+"""Worker processes as the dispatcher sees them: start, watch, stop.
+
+A worker is started with ``subprocess`` (fork + exec of a fresh interpreter, never a bare fork
+of the caller) and gets four descriptors: its end of an AF_UNIX socket pair (messages), a
+64-byte shared-memory slot (which item it is on), and its stdout/stderr, which are pipes that
+the dispatcher reads. The caller also holds a pidfd (Linux) so that a death is seen in the same
+``select()`` as the results, even if a grandchild keeps the socket open.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from ._protocol import STAGE_IDLE, Channel, channel_pair
+
+_NBPOOL_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BOOT = "import sys; sys.path.insert(0, {path!r}); from nbpool._worker import main; main()"
+SLOT_BYTES = 64
+
+
+def _shared_slot() -> tuple[int, mmap.mmap]:
+    """An fd for the child and our own mapping of the same 64 bytes (no name, nothing to clean)."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("nbpool-slot", 0)
+    else:  # an unlinked temporary file serves as well where memfd is missing
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
+    os.ftruncate(fd, SLOT_BYTES)
+    return fd, mmap.mmap(fd, SLOT_BYTES)
+
+
+class Worker:
+    """The dispatcher's handle on one worker process (touched by the dispatcher thread only)."""
+
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
+        ch, child_sock = channel_pair()
+        slot_fd, self._slot_map = _shared_slot()
+        self.slot = memoryview(self._slot_map).cast("q")
+        self.slot[2] = STAGE_IDLE
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        child_fds = (child_sock.fileno(), slot_fd)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT.format(path=_NBPOOL_PARENT), *map(str, child_fds)],
+                pass_fds=child_fds,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+            )
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            ch.close()
+            raise
+        finally:
+            child_sock.close()
+            for fd in (slot_fd, out_w, err_w):
+                os.close(fd)
+        self.pid = self.proc.pid
+        self.ch: Channel = ch
+        self.out_fds: dict[int, str] = {out_r: "stdout", err_r: "stderr"}
+        self.pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):
+                self.pidfd = os.pidfd_open(self.pid)
+        self.ready = False
+        self.retiring = False
+        self.dead = False
+        self.kill_reason: BaseException | None = None  # set when we kill it on purpose
+        self.inflight: dict[tuple[int, int], Any] = {}  # (job, chunk) -> Chunk, in send order
+        self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.globals: dict[str, bytes] = {}  # mirror of the worker's _serialize._APPLIED
+        self.budget: int | None = None  # items left before maxtasksperchild retires it
+        self.init_error: BaseException | None = None
+
+    def running(self) -> tuple[Any, int] | None:
+        """(chunk, slot stage/index) of the chunk the worker is on, from the shared slot."""
+        if not self.inflight:
+            return None
+        chunk = next(iter(self.inflight.values()))
+        if self.slot[0] == chunk.job.id and self.slot[1] == chunk.chunk_id:
+            return chunk, self.slot[2]
+        return chunk, STAGE_IDLE  # not started on it yet
+
+    def kill(self, reason: BaseException | None = None) -> None:
+        if reason is not None and self.kill_reason is None:
+            self.kill_reason = reason
+        with contextlib.suppress(OSError):
+            self.proc.send_signal(signal.SIGKILL)
+
+    def reap(self) -> int:
+        """Wait for the exit status (the process is gone or going); close what we hold."""
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.ch.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        for fd in list(self.out_fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.out_fds.clear()
+        self.slot.release()
+        self._slot_map.close()
+        return code
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = {
+            "SIGKILL": " (the Linux OOM killer sends SIGKILL when memory runs out)",
+            "SIGSEGV": " (a crash in C code)",
+            "SIGBUS": " (a crash in C code)",
+            "SIGABRT": " (a C library aborted)",
+        }.get(name, "")
+        return f"killed by {name}{hint}"
+    return f"exited with code {code}"
