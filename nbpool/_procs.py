@@ -56,6 +56,11 @@ class Worker:
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
+                # Its own session: Jupyter's interrupt (SIGINT to the kernel's process group)
+                # and a terminal's Ctrl-C reach the caller only. A worker just starting, still
+                # importing, would otherwise die of it with a traceback (seen here). The caller
+                # stops workers itself; they exit on their own when the caller dies.
+                start_new_session=True,
             )
         except BaseException:
             for fd in (out_r, err_r):

@@ -119,3 +119,83 @@ def detonate(item):
     if stage == "run":
         boom(how)
     return ResultBomb(how, stage)
+
+
+# ---------------------------------------------------------------- robustness helpers
+
+
+def sleep_then_mark(args):
+    """Sleep, then leave a file behind: a file means the item ran to its end."""
+    seconds, path = args
+    time.sleep(seconds)
+    with open(path, "w") as fh:
+        fh.write("done")
+    return path
+
+
+def die_once(args):
+    """Kill our own worker the first time (per marker file), succeed after that."""
+    x, marker = args
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def always_die(x):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_at(x, bad=57, seconds=0.0):
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if seconds:
+        time.sleep(seconds)
+    return x
+
+
+_HOARD: list[bytearray] = []
+
+
+def hoard(mb):
+    """Keep mb MiB alive in this worker (touching every page so it counts in RSS)."""
+    block = bytearray(mb * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    _HOARD.append(block)
+    time.sleep(0.05)
+    return os.getpid()
+
+
+def hog(mb):
+    """Allocate mb MiB and hold it long enough to be seen."""
+    block = bytearray(mb * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(3)
+    return len(block)
+
+
+def chatty(x, lines=50):
+    for i in range(lines):
+        print(f"item {x} line {i} " + "x" * 200)
+    return x
+
+
+def c_level_output(x):
+    os.write(1, f"fd-level {x}\n".encode())
+    os.system(f"echo subprocess {x}")
+    print(f"to stderr {x}", file=__import__("sys").stderr)
+    return x
+
+
+def partial_line(x):
+    print(f"no newline yet {x}", end="", flush=True)
+    time.sleep(1.0)
+    return x
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
