@@ -19,8 +19,8 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check nbpool tests tools
-	$(BIN)/ruff format --check nbpool tests tools
+	$(BIN)/ruff check nbpool tests benchmarks tools
+	$(BIN)/ruff format --check nbpool tests benchmarks tools
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy

@@ -9,7 +9,10 @@ feature that needs it is used.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# No `typing` import at run time: a worker imports this package too, and its start-up time is
+# every pool's cold start. (mypy treats any name TYPE_CHECKING as true.)
+TYPE_CHECKING = False
 
 __version__ = "0.1.0.dev0"
 
@@ -72,7 +75,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'nbpool' has no attribute {name!r}")

@@ -38,8 +38,6 @@ import threading
 import time
 import traceback
 import weakref
-from dataclasses import dataclass
-from typing import Any
 
 from ._errors import (
     MemoryLimitError,
@@ -50,6 +48,7 @@ from ._errors import (
     WorkerLostError,
 )
 from ._jobs import Job
+from ._message import Message
 from ._output import PARTIAL_LINE_S, LineBuffer, TerminalOutput
 from ._procs import Worker, describe_exit
 from ._protocol import (
@@ -71,6 +70,10 @@ from ._serialize import FnPayload, dumps_data, loads_data, short_repr
 from ._timers import Timers
 from ._worker import FN_CACHE_SIZE
 
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
 # After an interrupt, a worker still on the cancelled job's chunk this long is killed.
 CANCEL_GRACE_S = 0.2
 MEMORY_CHECK_S = 0.5
@@ -82,33 +85,30 @@ TRACK_MIN_ITEM_S = 5e-6
 _LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-@dataclass(frozen=True)
-class Submit:
+class Submit(Message):
     job: Job
 
 
-@dataclass(frozen=True)
-class CancelJob:
+class CancelJob(Message):
     job_id: int
     reason: BaseException
 
 
-@dataclass(frozen=True)
-class Close:
+class Close(Message):
     pass
 
 
-@dataclass(frozen=True)
-class Terminate:
+class Terminate(Message):
     pass
 
 
-@dataclass
 class Chunk:
-    job: Job
-    chunk_id: int
-    start: int
-    items: Any  # kept until the chunk is back: resent if its worker dies or can't load it
+    """Items of a job sent to a worker; kept until they are back (resent if the worker dies)."""
+
+    __slots__ = ("chunk_id", "items", "job", "start")
+
+    def __init__(self, job: Job, chunk_id: int, start: int, items: Any) -> None:
+        self.job, self.chunk_id, self.start, self.items = job, chunk_id, start, items
 
     @property
     def count(self) -> int:

@@ -16,10 +16,12 @@ import collections
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from ._serialize import FnPayload
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 TARGET_CHUNK_S = 0.05
 PROBE_MAX = 64
@@ -73,26 +75,32 @@ class IteratorSource:
         return out
 
 
-@dataclass
 class Job:
-    id: int
-    fn: FnPayload
-    kind: str  # "map" | "star" | "apply"
-    source: SequenceSource | IteratorSource
-    sink: Any  # one of the _results classes
-    chunksize: int | None
-    retry: collections.deque = field(default_factory=collections.deque)  # (start, items)
-    inflight: int = 0
-    failed_fn: bool = False
-    items_timed: int = 0
-    seconds_timed: float = 0.0
-    probe: int = 1
-    next_chunk_id: int = 0
-    length_sent: bool = False
-    cancelled: bool = False
-    retries: int = 0
-    task_timeout: float | None = None
-    attempts: dict[int, int] = field(default_factory=dict)  # item index -> re-runs after deaths
+    """One call's work and its bookkeeping (owned by the dispatcher thread)."""
+
+    def __init__(
+        self,
+        id: int,
+        fn: FnPayload,
+        kind: str,  # "map" | "star" | "apply"
+        source: SequenceSource | IteratorSource,
+        sink: Any,  # one of the _results classes
+        chunksize: int | None,
+    ) -> None:
+        self.id, self.fn, self.kind, self.source, self.sink = id, fn, kind, source, sink
+        self.chunksize = chunksize
+        self.retry: collections.deque[tuple[int, Any]] = collections.deque()  # (start, items)
+        self.inflight = 0
+        self.failed_fn = False  # the function could not be loaded, or the pool was torn down
+        self.cancelled = False  # interrupted: nothing more is sent or delivered
+        self.items_timed = 0
+        self.seconds_timed = 0.0
+        self.probe = 1
+        self.next_chunk_id = 0
+        self.length_sent = False
+        self.retries = 0
+        self.task_timeout: float | None = None
+        self.attempts: dict[int, int] = {}  # item index -> re-runs after its worker died
 
     @property
     def est(self) -> float | None:

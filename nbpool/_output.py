@@ -10,7 +10,10 @@ arriving (a progress dot, a prompt).
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 PARTIAL_LINE_S = 0.1
 

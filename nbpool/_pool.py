@@ -11,13 +11,16 @@ import os
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from ._dispatcher import Engine
 from ._errors import PoolClosedError
 from ._jobs import IteratorSource, Job, SequenceSource
 from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 from ._serialize import dumps_fn
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Pool"]
 

@@ -16,10 +16,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-from typing import Any
 
 from ._protocol import STAGE_IDLE, Channel, channel_pair
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 _NBPOOL_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOT = "import sys; sys.path.insert(0, {path!r}); from nbpool._worker import main; main()"
@@ -31,6 +33,8 @@ def _shared_slot() -> tuple[int, mmap.mmap]:
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("nbpool-slot", 0)
     else:  # an unlinked temporary file serves as well where memfd is missing
+        import tempfile
+
         with tempfile.TemporaryFile() as f:
             fd = os.dup(f.fileno())
     os.ftruncate(fd, SLOT_BYTES)

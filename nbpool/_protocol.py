@@ -1,7 +1,8 @@
 """Messages between the kernel and a worker, and the framing that carries them.
 
-Every message is a frozen dataclass, pickled with plain pickle, optionally followed by raw
-buffers (a pickled argument or result list and its out-of-band numpy buffers). Raw buffers are
+Every message is a frozen ``Message`` (see ``_message``), pickled with plain pickle, optionally
+followed by raw buffers (a pickled argument or result list and its out-of-band numpy buffers).
+Raw buffers are
 written straight from their memory and read into fresh ``bytearray``s, so a 50 MB array crosses
 with one copy on each side and arrives writable.
 
@@ -14,10 +15,13 @@ from __future__ import annotations
 import pickle
 import socket
 import struct
-from dataclasses import dataclass, field
-from typing import Any
 
+from ._message import Message
 from ._serialize import FnPayload
+
+TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "Cancel",
@@ -40,8 +44,7 @@ _LEN = struct.Struct("!Q")
 # ------------------------------------------------------------------ kernel -> worker
 
 
-@dataclass(frozen=True)
-class Hello:
+class Hello(Message):
     """First message: who the worker is, and the caller's import environment."""
 
     worker_id: int
@@ -56,8 +59,7 @@ STAGE_IDLE, STAGE_LOADING, STAGE_RUNNING, STAGE_PICKLING = -1, -2, -3, -4
 TRACK_NONE, TRACK_INDEX, TRACK_TIME = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class RunChunk:
+class RunChunk(Message):
     """Run items ``start .. start+count-1`` of job ``job_id``; buffers: pickled item list."""
 
     job_id: int
@@ -70,16 +72,14 @@ class RunChunk:
     track: int = TRACK_INDEX
 
 
-@dataclass(frozen=True)
-class Cancel:
+class Cancel(Message):
     """Skip this job's chunks still queued in the worker (handled by its reader thread)."""
 
     worker_id: int
     job_id: int
 
 
-@dataclass(frozen=True)
-class Shutdown:
+class Shutdown(Message):
     """Finish what is queued, then exit."""
 
     worker_id: int
@@ -88,14 +88,12 @@ class Shutdown:
 # ------------------------------------------------------------------ worker -> kernel
 
 
-@dataclass(frozen=True)
-class Ready:
+class Ready(Message):
     worker_id: int
     pid: int
 
 
-@dataclass(frozen=True)
-class InitFailed:
+class InitFailed(Message):
     """The initializer raised; the worker exits after sending this."""
 
     worker_id: int
@@ -103,8 +101,7 @@ class InitFailed:
     tb: str
 
 
-@dataclass(frozen=True)
-class ItemFailure:
+class ItemFailure(Message):
     """One item raised. ``error`` is the pickled exception, or b"" when it could not be pickled."""
 
     index: int
@@ -114,20 +111,18 @@ class ItemFailure:
     message: str
 
 
-@dataclass(frozen=True)
-class ChunkDone:
+class ChunkDone(Message):
     """Results of a chunk; buffers: pickled result list (None where an item failed)."""
 
     worker_id: int
     job_id: int
     chunk_id: int
     elapsed: float
-    failures: tuple[ItemFailure, ...] = field(default=())
+    failures: tuple[ItemFailure, ...] = ()
     skipped: bool = False  # the job was cancelled before this chunk started: nothing ran
 
 
-@dataclass(frozen=True)
-class ChunkLoadFailed:
+class ChunkLoadFailed(Message):
     """The chunk's arguments could not be unpickled in the worker; nothing of it ran."""
 
     worker_id: int
@@ -136,8 +131,7 @@ class ChunkLoadFailed:
     tb: str
 
 
-@dataclass(frozen=True)
-class FnLoadFailed:
+class FnLoadFailed(Message):
     """The job's function could not be unpickled in the worker (e.g. a module it lacks)."""
 
     worker_id: int

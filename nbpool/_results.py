@@ -13,9 +13,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
 
 from ._errors import TimeoutError
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
 

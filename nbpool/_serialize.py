@@ -23,12 +23,15 @@ Arguments and results
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import sys
 import types
-from dataclasses import dataclass
-from typing import Any
+
+from ._message import Message
+
+TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "FnPayload",
@@ -45,6 +48,8 @@ _OOB_MIN = 64 * 1024
 
 
 def _digest(data: bytes) -> bytes:
+    import hashlib  # caller side only: workers never compute digests
+
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
@@ -82,20 +87,27 @@ def _code_globals(code: types.CodeType) -> set[str]:
     return set(_extract_code_globals(code))
 
 
-def _make_cloudpickler(main_dict: dict[str, Any], needed: dict[str, Any]):
+_PICKLERS: dict[str, Any] = {}  # serializer -> Pickler class, built once on first use
+
+
+def _cloudpickler() -> Any:
     import cloudpickle
 
     class _Pickler(cloudpickle.Pickler):
         """cloudpickle, except that ``__main__`` functions share the worker's namespace."""
 
+        def __init__(self, file: Any, main_dict: dict, needed: dict, **kw: Any) -> None:
+            super().__init__(file, **kw)
+            self._nb_main, self._nb_needed = main_dict, needed
+
         def _dynamic_function_reduce(self, func):
             rv = super()._dynamic_function_reduce(func)
-            if func.__globals__ is not main_dict:
+            if func.__globals__ is not self._nb_main:
                 return rv
             make, newargs, (state, slotstate), *rest = rv
             code, _base_globals, *tail = newargs
             for name, value in slotstate["__globals__"].items():
-                needed.setdefault(name, value)
+                self._nb_needed.setdefault(name, value)
             # The globals travel separately (see the module docstring); the function is built
             # over the worker's __main__ namespace instead of a private dict.
             slotstate = {**slotstate, "__globals__": {}}
@@ -104,16 +116,17 @@ def _make_cloudpickler(main_dict: dict[str, Any], needed: dict[str, Any]):
     return _Pickler
 
 
-def _make_dillpickler(main_dict: dict[str, Any], needed: dict[str, Any]):
+def _dillpickler() -> Any:
     import dill
 
     base_save_function = dill.Pickler.dispatch[types.FunctionType]
 
     def save_function(pickler, func):
+        main_dict = pickler._nb_main
         if func.__globals__ is main_dict:
             for name in _code_globals(func.__code__):
                 if name in main_dict:
-                    needed.setdefault(name, main_dict[name])
+                    pickler._nb_needed.setdefault(name, main_dict[name])
         base_save_function(pickler, func)
 
     class _Pickler(dill.Pickler):
@@ -123,19 +136,31 @@ def _make_dillpickler(main_dict: dict[str, Any], needed: dict[str, Any]):
         dispatch = dill.Pickler.dispatch.copy()
         dispatch[types.FunctionType] = save_function
 
+        def __init__(self, file: Any, main_dict: dict, needed: dict, **kw: Any) -> None:
+            super().__init__(file, **kw)
+            self._nb_main, self._nb_needed = main_dict, needed
+
     return _Pickler
 
 
-def _pickle_with(pickler_cls, obj: Any, **kwargs: Any) -> bytes:
+def _pickler_class(serializer: str) -> Any:
+    cls = _PICKLERS.get(serializer)
+    if cls is None:
+        cls = _PICKLERS[serializer] = (
+            _cloudpickler() if serializer == "cloudpickle" else _dillpickler()
+        )
+    return cls
+
+
+def _pickle_with(pickler_cls: Any, obj: Any, main_dict: dict, needed: dict) -> bytes:
     import io
 
     buf = io.BytesIO()
-    pickler_cls(buf, protocol=PROTOCOL, **kwargs).dump(obj)
+    pickler_cls(buf, main_dict, needed, protocol=PROTOCOL).dump(obj)
     return buf.getvalue()
 
 
-@dataclass(frozen=True)
-class FnPayload:
+class FnPayload(Message):
     """A function ready to ship: its pickle plus the ``__main__`` globals it reads."""
 
     serializer: str
@@ -170,13 +195,15 @@ def dumps_fn(fn: Any, serializer: str = "cloudpickle", role: str = "function") -
     """
     from ._errors import SerializationError
 
+    cached = _by_reference(fn, serializer, role)
+    if cached is not None:
+        return cached
     main_dict = _main_namespace()
     needed: dict[str, Any] = {}
-    make = _make_cloudpickler if serializer == "cloudpickle" else _make_dillpickler
-    pickler_cls = make(main_dict, needed)
+    pickler_cls = _pickler_class(serializer)
     what = f"{role} {_describe_fn(fn)}"
     try:
-        fn_bytes = _pickle_with(pickler_cls, fn)
+        fn_bytes = _pickle_with(pickler_cls, fn, main_dict, needed)
     except Exception as exc:
         raise SerializationError(
             f"cannot pickle the {what}: {exc}. Define what it needs inside the function, or "
@@ -190,7 +217,7 @@ def dumps_fn(fn: Any, serializer: str = "cloudpickle", role: str = "function") -
         done.add(name)
         value = needed[name]
         try:
-            data = _pickle_with(pickler_cls, value)
+            data = _pickle_with(pickler_cls, value, main_dict, needed)
         except Exception as exc:
             raise SerializationError(
                 f"the {what} reads the global `{name}`, a {type(value).__name__} that cannot be "
@@ -198,11 +225,43 @@ def dumps_fn(fn: Any, serializer: str = "cloudpickle", role: str = "function") -
             ) from exc
         shipped.append((name, _digest(data), data))
     shipped.sort()
+    import hashlib
+
     h = hashlib.blake2b(fn_bytes, digest_size=16)
     for name, digest, _ in shipped:
         h.update(name.encode())
         h.update(digest)
     return FnPayload(serializer, h.digest(), fn_bytes, tuple(shipped), what)
+
+
+_BY_REF: dict[tuple[Any, str, str], FnPayload] = {}
+
+
+def _by_reference(fn: Any, serializer: str, role: str) -> FnPayload | None:
+    """Fast path for importable functions (``abs``, ``math.sqrt``, a module's function): they
+    pickle by name, carry no notebook globals, so their payload never changes; cache it."""
+    key = (fn, serializer, role)
+    try:
+        hit = _BY_REF.get(key)
+    except TypeError:  # unhashable callable
+        return None
+    if hit is not None:
+        return hit
+    if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+        return None
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    if module in (None, "__main__") or "<" in qualname:
+        return None
+    try:
+        data = pickle.dumps(fn, protocol=PROTOCOL)  # checks that the name leads back to fn
+    except Exception:
+        return None
+    payload = FnPayload(serializer, _digest(data), data, (), f"{role} {_describe_fn(fn)}")
+    if len(_BY_REF) > 256:
+        _BY_REF.clear()
+    _BY_REF[key] = payload
+    return payload
 
 
 # Worker side: name -> digest of the value last written into __main__ from the kernel.

@@ -6,7 +6,10 @@ import heapq
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Timers:

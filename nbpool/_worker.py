@@ -22,15 +22,13 @@ from __future__ import annotations
 import mmap
 import os
 import pickle
-import queue
 import signal
 import socket
 import sys
 import threading
 import time
-import traceback
+from _queue import SimpleQueue  # the C queue: `queue` itself costs ~2 ms to import
 from collections import OrderedDict
-from typing import Any
 
 from ._protocol import (
     STAGE_IDLE,
@@ -53,12 +51,18 @@ from ._protocol import (
 )
 from ._serialize import dumps_data, load_fn, loads_data, short_repr
 
+TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
+if TYPE_CHECKING:
+    from typing import Any
+
 # How many distinct functions a worker keeps loaded; the kernel mirrors this LRU exactly.
 FN_CACHE_SIZE = 64
 
 
 def pack_exception(exc: BaseException) -> tuple[bytes, str]:
     """(pickled exception or b"", formatted traceback without this module's frames)."""
+    import traceback  # only when an item fails
+
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
         tb = tb.tb_next
@@ -149,7 +153,7 @@ def _pack_results(results: list, failures: list[ItemFailure], start: int) -> tup
     return data, buffers
 
 
-def _reader(ch: Channel, inbox: queue.SimpleQueue, cancelled: set[int]) -> None:
+def _reader(ch: Channel, inbox: SimpleQueue, cancelled: set[int]) -> None:
     try:
         while True:
             msg, buffers = ch.recv()
@@ -194,7 +198,7 @@ def main() -> None:
             os._exit(3)
     ch.send(Ready(wid, os.getpid()))
 
-    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    inbox: SimpleQueue = SimpleQueue()
     cancelled: set[int] = set()
     reader = threading.Thread(
         target=_reader, args=(ch, inbox, cancelled), name="nbpool-reader", daemon=True

@@ -227,6 +227,35 @@ except nbpool.WorkerLostError as exc:
 
 print("still usable:", pool.map(square, range(5)))""",
     ),
+    (
+        "md",
+        "md-timeout",
+        """\
+## A time limit per item
+
+With `task_timeout`, an item that runs longer fails with `TaskTimeoutError`. Its worker is killed
+and replaced, and the other items go on.""",
+    ),
+    (
+        "code",
+        "timeout",
+        """\
+import time
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+results = []
+with nbpool.Pool(2, task_timeout=1) as timed_pool:
+    it = timed_pool.imap(nap, [0.1, 30, 0.2])
+    for _ in range(3):
+        try:
+            results.append(next(it))
+        except nbpool.TaskTimeoutError as exc:
+            results.append(f"TaskTimeoutError at item {exc.index}")
+print(results)""",
+    ),
     ("md", "md-close", "## Close the pools"),
     (
         "code",
