@@ -36,7 +36,6 @@ import selectors
 import sys
 import threading
 import time
-import traceback
 import weakref
 
 from ._errors import (
@@ -52,6 +51,7 @@ from ._message import Message
 from ._output import PARTIAL_LINE_S, LineBuffer, TerminalOutput
 from ._procs import Worker, describe_exit
 from ._protocol import (
+    FN_CACHE_SIZE,
     TRACK_INDEX,
     TRACK_NONE,
     TRACK_TIME,
@@ -68,7 +68,6 @@ from ._protocol import (
 )
 from ._serialize import FnPayload, dumps_data, loads_data, short_repr
 from ._timers import Timers
-from ._worker import FN_CACHE_SIZE
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -78,6 +77,8 @@ if TYPE_CHECKING:
 CANCEL_GRACE_S = 0.2
 MEMORY_CHECK_S = 0.5
 HARD_MEMORY_FACTOR = 1.5
+# Largest chunk (pickled) sent to a worker that is still busy: well under the socket buffer.
+PREFETCH_MAX_BYTES = 256 * 1024
 # Items faster than this are not tracked one by one (the slot write would cost more than them).
 TRACK_MIN_ITEM_S = 5e-6
 
@@ -141,6 +142,8 @@ class Engine:
         maxtasksperchild: int | None,
         max_memory: int | None = None,
         output: Any = None,
+        lifeline: tuple[int, int] | None = None,
+        started: list[Worker] = (),  # type: ignore[assignment]
     ) -> None:
         self.nworkers = processes
         self._initializer = initializer
@@ -156,6 +159,9 @@ class Engine:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # Every worker holds the read end; only we hold the write end and never write: when this
+        # process ends, however it ends, the workers read EOF and exit (see _worker).
+        self._lifeline_r, self._lifeline_w = lifeline if lifeline else os.pipe()
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._timers = Timers()
@@ -167,7 +173,7 @@ class Engine:
         self._closing = False
         self._terminating = False
         for i in range(processes):
-            self._spawn(i)
+            self._spawn(i, started[i] if i < len(started) else None)
         if max_memory is not None:
             self._timers.call_later(MEMORY_CHECK_S, self._check_memory)
         self._thread = threading.Thread(target=self._run, name="nbpool-dispatcher", daemon=True)
@@ -243,6 +249,8 @@ class Engine:
                         self._on_death(w)
                 self._timers.run_due()
         except BaseException:  # a bug here must not leave callers waiting forever
+            import traceback  # only on this path: it costs ~5 ms to import
+
             traceback.print_exc()
             err = RuntimeError("nbpool's dispatcher failed; see the traceback printed above")
             for job in list(self._jobs.values()):
@@ -265,8 +273,10 @@ class Engine:
 
     # ------------------------------------------------------------------ workers
 
-    def _spawn(self, slot: int) -> None:
-        w = Worker(slot)
+    def _spawn(self, slot: int, w: Worker | None = None) -> None:
+        """Start a worker for ``slot`` (or adopt one the Pool started early) and greet it."""
+        if w is None:
+            w = Worker(slot, self._lifeline_r)
         if self._maxtasks is not None:
             w.budget = self._maxtasks
         self._slots[slot] = w
@@ -323,22 +333,33 @@ class Engine:
                 self._pending.popleft()
                 self._maybe_finish(job)
                 continue
-            candidates = [w for w in self._slots if w is not None and self._capacity(w)]
+            candidates = [w for w in self._slots if w is not None and self._capacity(w, job)]
             if not candidates:
                 return
             self._dispatch(job, min(candidates, key=lambda w: len(w.inflight)))
 
-    def _capacity(self, w: Worker) -> bool:
+    def _capacity(self, w: Worker, job: Job) -> bool:
         if w.dead or w.retiring or w.budget == 0:
             return False
         if not w.inflight:
             return True
-        # A second chunk in flight hides the round trip, but only for short chunks: a queued
-        # long item would wait behind its neighbour while another worker sits idle.
+        # A second chunk in flight hides the round trip, but only
+        # * for short chunks: a queued long item would wait behind its neighbour while another
+        #   worker sits idle;
+        # * for small ones: the worker reads its socket only between chunks, so a large send to
+        #   a busy worker would block this thread while that worker may be blocked sending us a
+        #   large result (a deadlock);
+        # * of the same job, whose chunks we have measured.
         if len(w.inflight) == 1:
             (c,) = w.inflight.values()
-            est = c.job.est
-            return est is not None and est * c.count < 0.1 and c.job.task_timeout is None
+            est = job.est
+            return (
+                c.job is job
+                and est is not None
+                and est * c.count < 0.1
+                and job.last_bytes < PREFETCH_MAX_BYTES
+                and job.task_timeout is None
+            )
         return False
 
     def _dispatch(self, job: Job, w: Worker) -> None:
@@ -357,6 +378,7 @@ class Engine:
         except Exception:
             self._split_unpicklable(job, start, items)
             return
+        job.last_bytes = len(data) + sum(memoryview(b).nbytes for b in oob)
         if job.task_timeout is not None:
             track = TRACK_TIME
             self._timers.call_later(job.task_timeout, lambda: self._check_timeout(w))
@@ -746,6 +768,8 @@ class Engine:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self._wake_r = self._wake_w = -1
+            os.close(self._lifeline_r)
+            os.close(self._lifeline_w)
             for cmd in self._commands:  # submitted after our last look: fail, don't strand
                 if isinstance(cmd, Submit):
                     cmd.job.sink._abort(err)

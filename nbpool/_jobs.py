@@ -101,6 +101,7 @@ class Job:
         self.retries = 0
         self.task_timeout: float | None = None
         self.attempts: dict[int, int] = {}  # item index -> re-runs after its worker died
+        self.last_bytes = 0  # pickled size of the last chunk sent
 
     @property
     def est(self) -> float | None:

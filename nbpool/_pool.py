@@ -12,15 +12,32 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
-from ._dispatcher import Engine
-from ._errors import PoolClosedError
-from ._jobs import IteratorSource, Job, SequenceSource
-from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from ._procs import Worker
 from ._serialize import dumps_fn
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
+
+    from ._dispatcher import Engine
+    from ._errors import PoolClosedError
+    from ._jobs import IteratorSource, Job, SequenceSource
+    from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+
+
+def _import_the_rest() -> None:
+    """Import what only a running pool needs, once its workers are already starting.
+
+    A worker's start-up and these imports (~30 ms) are both on a pool's cold-start path; this
+    way they overlap. Pool methods use these names only after ``__init__`` has run this.
+    """
+    global Engine, PoolClosedError, IteratorSource, Job, SequenceSource
+    global ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+    from ._dispatcher import Engine
+    from ._errors import PoolClosedError
+    from ._jobs import IteratorSource, Job, SequenceSource
+    from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+
 
 __all__ = ["Pool"]
 
@@ -174,9 +191,27 @@ class Pool:
         init_payload = (
             dumps_fn(initializer, serializer, role="initializer") if initializer else None
         )
-        self._engine = Engine(
-            processes, init_payload, tuple(initargs), maxtasksperchild, max_memory=max_memory
-        )
+        lifeline = os.pipe()
+        started: list[Worker] = []
+        try:
+            started.extend(Worker(i, lifeline[0]) for i in range(processes))
+            _import_the_rest()
+            self._engine = Engine(
+                processes,
+                init_payload,
+                tuple(initargs),
+                maxtasksperchild,
+                max_memory=max_memory,
+                lifeline=lifeline,
+                started=started,
+            )
+        except BaseException:
+            for w in started:  # don't leave early-started workers behind
+                w.kill()
+                w.reap()
+            for fd in lifeline:
+                os.close(fd)
+            raise
         # Terminate the workers when the pool is garbage collected, as the stdlib does. The
         # finalizer holds the engine, never the pool, so it does not keep the pool alive.
         self._finalizer = weakref.finalize(self, self._engine.terminate)

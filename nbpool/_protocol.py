@@ -53,6 +53,9 @@ class Hello(Message):
     # buffers[0] (if initializer): pickled initargs
 
 
+# How many distinct functions a worker keeps loaded; the caller mirrors this LRU exactly.
+FN_CACHE_SIZE = 64
+
 # What a worker writes in slot[2] (see _worker) when it is not running a given item.
 STAGE_IDLE, STAGE_LOADING, STAGE_RUNNING, STAGE_PICKLING = -1, -2, -3, -4
 # RunChunk.track: how closely the worker reports, in its shared slot, which item it is on.

@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 
 from ._errors import TimeoutError
@@ -32,6 +31,8 @@ def _run_callback(cb: Callable[[Any], object] | None, arg: Any) -> None:
         # A broken callback must not take the dispatcher down (the stdlib's result thread dies
         # and every later get() hangs); report it the way an unraisable exception is reported.
         print("Exception in nbpool callback:", file=sys.stderr)
+        import traceback
+
         traceback.print_exc()
 
 
