@@ -55,6 +55,22 @@ def _check_chunksize(chunksize: int | None) -> None:
         raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
 
 
+def _check_initargs_pickle(initargs: tuple[Any, ...]) -> None:
+    """Pre-flight: every initarg must pickle, or the pool fails here, naming it."""
+    from ._serialize import dumps_data, short_repr
+
+    for i, arg in enumerate(initargs):
+        try:
+            dumps_data(arg)
+        except Exception as exc:
+            from ._errors import SerializationError
+
+            raise SerializationError(
+                f"initargs[{i}] ({short_repr(arg)}, a {type(arg).__name__}) cannot be pickled: "
+                f"{exc}. Create such objects inside the initializer instead."
+            ) from exc
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
@@ -188,9 +204,17 @@ class Pool:
             )
         self._processes = processes
         self._serializer = serializer
+        try:
+            initargs = tuple(initargs)
+        except TypeError:
+            raise TypeError(
+                f"initargs must be an iterable of arguments for initializer, not {initargs!r}"
+            ) from None
         init_payload = (
             dumps_fn(initializer, serializer, role="initializer") if initializer else None
         )
+        if initializer is not None:
+            _check_initargs_pickle(initargs)
         lifeline = os.pipe()
         started: list[Worker] = []
         try:
@@ -199,7 +223,7 @@ class Pool:
             self._engine = Engine(
                 processes,
                 init_payload,
-                tuple(initargs),
+                initargs,
                 maxtasksperchild,
                 max_memory=max_memory,
                 lifeline=lifeline,

@@ -265,3 +265,10 @@ def test_unpicklable_initializer_fails_fast_and_names_it():
     with pytest.raises(nbpool.SerializationError, match=r"initializer `.*init`"):
         nbpool.Pool(1, initializer=init)
     assert time.monotonic() - t0 < 1
+
+
+def test_bad_initargs_are_named():
+    with pytest.raises(TypeError, match="initargs"):
+        nbpool.Pool(1, initializer=f.init_state, initargs=5)
+    with pytest.raises(nbpool.SerializationError, match=r"initargs\[0\]"):
+        nbpool.Pool(1, initializer=f.init_state, initargs=(threading.Lock(),))
