@@ -447,9 +447,9 @@ class Engine:
 
     # ------------------------------------------------------------------ messages
 
-    def _read(self, w: Worker) -> bool:
+    def _read(self, w: Worker, timeout: float | None = None) -> bool:
         try:
-            msg, buffers = w.ch.recv()
+            msg, buffers = w.ch.recv(timeout)
         except (EOFError, OSError):
             return False
         if isinstance(msg, ChunkDone):
@@ -477,8 +477,7 @@ class Engine:
         """Read what a dead worker sent before it died: results it finished are not lost."""
         # The process is gone, so the data is all in the socket buffer; the timeout only
         # matters if a grandchild inherited the socket and keeps it open.
-        w.ch.sock.settimeout(0.5)
-        while self._read(w):
+        while self._read(w, timeout=0.5):
             pass
 
     def _pop_chunk(self, w: Worker, job_id: int, chunk_id: int) -> Chunk | None:

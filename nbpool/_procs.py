@@ -53,13 +53,13 @@ class Worker:
 
     def __init__(self, wid: int, lifeline: int) -> None:
         self.wid = wid
-        ch, child_sock = channel_pair()
+        ch, child_end = channel_pair()
         slot_fd, self._slot_map = _shared_slot()
         self.slot = memoryview(self._slot_map).cast("q")
         self.slot[2] = STAGE_IDLE
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        child_fds = (child_sock.fileno(), slot_fd, lifeline)
+        child_fds = (child_end, slot_fd, lifeline)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT.format(path=_NBPOOL_PARENT), *map(str, child_fds)],
@@ -79,8 +79,7 @@ class Worker:
             ch.close()
             raise
         finally:
-            child_sock.close()
-            for fd in (slot_fd, out_w, err_w):
+            for fd in (child_end, slot_fd, out_w, err_w):
                 os.close(fd)
         self.pid = self.proc.pid
         self.ch: Channel = ch

@@ -12,8 +12,9 @@ The transport is an AF_UNIX socket pair per worker: no TCP port is ever opened.
 
 from __future__ import annotations
 
+import os
 import pickle
-import socket
+import select
 import struct
 
 from ._message import Message
@@ -146,17 +147,26 @@ class FnLoadFailed(Message):
 # ------------------------------------------------------------------ framing
 
 
-class Channel:
-    """One end of a worker's socket pair. Not thread-safe per direction: one sender, one reader."""
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view.nbytes:
+        view = view[os.write(fd, view) :]
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+
+class Channel:
+    """One end of a worker's socket pair, as a raw fd (the worker then never imports ``socket``:
+    its start-up is every pool's cold start). One sender and one reader at a time."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self.fd
 
     def close(self) -> None:
-        self.sock.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def send(self, msg: Any, buffers: list[Any] | tuple[Any, ...] = ()) -> None:
         head = pickle.dumps(msg, protocol=5)
@@ -168,38 +178,43 @@ class Channel:
                 parts.append(v)
             else:
                 # Big buffer: flush what we have and write it straight from its memory.
-                self.sock.sendall(b"".join(parts))
-                self.sock.sendall(v)
+                _write_all(self.fd, b"".join(parts))
+                _write_all(self.fd, v)
                 parts = []
         if parts:
-            self.sock.sendall(b"".join(parts))
+            _write_all(self.fd, b"".join(parts))
 
-    def _read_exact(self, n: int) -> bytearray:
+    def _read_exact(self, n: int, timeout: float | None) -> bytearray:
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
         while got < n:
-            k = self.sock.recv_into(view[got:], n - got)
+            if timeout is not None and not select.select([self.fd], [], [], timeout)[0]:
+                raise TimeoutError(f"no data from the worker within {timeout} s")
+            k = os.readv(self.fd, [view[got:]])
             if k == 0:
                 raise EOFError("peer closed the channel")
             got += k
         return buf
 
-    def recv(self) -> tuple[Any, list[bytearray]]:
-        head_len, nbuf = _HEAD.unpack(self._read_exact(_HEAD.size))
-        msg = pickle.loads(self._read_exact(head_len))
+    def recv(self, timeout: float | None = None) -> tuple[Any, list[bytearray]]:
+        """The next message and its buffers. ``timeout`` bounds each wait for more bytes."""
+        head_len, nbuf = _HEAD.unpack(self._read_exact(_HEAD.size, timeout))
+        msg = pickle.loads(self._read_exact(head_len, timeout))
         buffers = []
         for _ in range(nbuf):
-            (n,) = _LEN.unpack(self._read_exact(_LEN.size))
-            buffers.append(self._read_exact(n))
+            (n,) = _LEN.unpack(self._read_exact(_LEN.size, timeout))
+            buffers.append(self._read_exact(n, timeout))
         return msg, buffers
 
 
-def channel_pair() -> tuple[Channel, socket.socket]:
-    """A kernel-side Channel and the worker's raw socket (to hand to the child)."""
+def channel_pair() -> tuple[Channel, int]:
+    """A caller-side Channel and the worker's end, as an fd to hand to the child."""
+    import socket
+
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     for s in (parent, child):
         # Bigger buffers: fewer wake-ups when results stream back.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    return Channel(parent), child
+    return Channel(parent.detach()), child.detach()

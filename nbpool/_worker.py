@@ -23,14 +23,13 @@ kernel's to handle.
 
 from __future__ import annotations
 
+import _signal  # not `signal`: its enums cost a worker ~0.4 ms of start-up
+import _thread  # not `threading`: one bare thread needs none of it (start-up cost)
 import mmap
 import os
 import pickle
 import select
-import signal
-import socket
 import sys
-import threading
 import time
 from collections import OrderedDict, deque
 
@@ -171,9 +170,8 @@ def _watch_parent(lifeline: int) -> None:
 def _take(ch: Channel, pending: deque, cancelled: set[int], block: bool) -> None:
     """Move messages from the socket to ``pending``: one (waiting for it) if ``block``, then all
     that are already there. Cancels are noted at once, ahead of the chunks queued before them."""
-    sock = ch.sock
     while True:
-        if not block and not select.select([sock], [], [], 0)[0]:
+        if not block and not select.select([ch.fd], [], [], 0)[0]:
             return
         block = False
         try:
@@ -187,16 +185,14 @@ def _take(ch: Channel, pending: deque, cancelled: set[int], block: bool) -> None
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         except Exception:
             pass
-    ch = Channel(socket.socket(fileno=int(sys.argv[1])))
-    threading.Thread(
-        target=_watch_parent, args=(int(sys.argv[3]),), name="nbpool-lifeline", daemon=True
-    ).start()
+    ch = Channel(int(sys.argv[1]))
+    _thread.start_new_thread(_watch_parent, (int(sys.argv[3]),))
     slot_fd = int(sys.argv[2])
     slot = memoryview(mmap.mmap(slot_fd, 64)).cast("q")  # [job, chunk, stage/index, start ns]
     os.close(slot_fd)
