@@ -61,7 +61,24 @@ class Adapter:
         raise NotImplementedError
 
 
-class NbpoolAdapter(Adapter):
+class _PoolApiAdapter(Adapter):
+    """Libraries with the multiprocessing.Pool API: only start() and pids() differ."""
+
+    def map(self, fn, items, chunksize):
+        return self.pool.map(fn, items, chunksize)
+
+    def imap(self, fn, items):
+        return self.pool.imap(fn, items)
+
+    def apply(self, fn, args):
+        return self.pool.apply(fn, args)
+
+    def stop(self):
+        self.pool.close()
+        self.pool.join()
+
+
+class NbpoolAdapter(_PoolApiAdapter):
     key = "nbpool"
 
     def start(self) -> None:
@@ -69,24 +86,11 @@ class NbpoolAdapter(Adapter):
 
         self.pool = nbpool.Pool(WORKERS)
 
-    def map(self, fn, items, chunksize):
-        return self.pool.map(fn, items, chunksize)
-
-    def imap(self, fn, items):
-        return self.pool.imap(fn, items)
-
-    def apply(self, fn, args):
-        return self.pool.apply(fn, args)
-
     def pids(self):
         return list(self.pool._engine.worker_pids())
 
-    def stop(self):
-        self.pool.close()
-        self.pool.join()
 
-
-class MpSpawnAdapter(Adapter):
+class MpSpawnAdapter(_PoolApiAdapter):
     key = "mp_spawn"
 
     def start(self) -> None:
@@ -94,21 +98,8 @@ class MpSpawnAdapter(Adapter):
 
         self.pool = multiprocessing.get_context("spawn").Pool(WORKERS)
 
-    def map(self, fn, items, chunksize):
-        return self.pool.map(fn, items, chunksize)
-
-    def imap(self, fn, items):
-        return self.pool.imap(fn, items)
-
-    def apply(self, fn, args):
-        return self.pool.apply(fn, args)
-
     def pids(self):
         return [p.pid for p in self.pool._pool]
-
-    def stop(self):
-        self.pool.close()
-        self.pool.join()
 
 
 class _ExecutorAdapter(Adapter):
