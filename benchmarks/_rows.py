@@ -153,7 +153,11 @@ def serve(runner: _libs.Adapter, row: str, p: dict, notes: list[str]) -> list[st
         cmd = line.strip()
         if cmd == "stop":
             break
-        if cmd == "run":
+        if cmd == "run-fresh" and runner.key != "serial":
+            runner.stop()  # new worker processes for this repetition (untimed)
+            runner.start()
+            warm_up(runner)
+        if cmd in ("run", "run-fresh"):
             print(f"@@REP {once()!r}", flush=True)
     return []
 

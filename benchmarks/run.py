@@ -45,6 +45,9 @@ ALL_ROWS = (*TIMED_ROWS, "rss")
 SERIAL_ROWS = {"map", "imap", "cpu"}
 
 
+FRESH_POOL_ROWS = {"cpu"}  # rows whose every repetition gets new worker processes
+
+
 @dataclass
 class Cell:
     times: list[float] = field(default_factory=list)
@@ -331,7 +334,11 @@ def measure_timed_row(
             for lib in active[k:] + active[:k]:  # rotate who goes first
                 child, cell = children[lib], cells[lib]
                 t0 = time.monotonic()
-                answer = child.expect("@@REP ", args.timeout) if child.send("run") else None
+                # CPU-bound items run a few % faster or slower in one set of worker processes than
+                # in another (memory layout; seen here as +-10% per process): give every
+                # repetition of that row fresh workers, so a median samples many of them.
+                command = "run-fresh" if row in FRESH_POOL_ROWS else "run"
+                answer = child.expect("@@REP ", args.timeout) if child.send(command) else None
                 spent[lib] += time.monotonic() - t0
                 if answer is None:
                     cell.error = child.error or "no answer"
