@@ -20,8 +20,11 @@
                                           shared slot, fail (or retry) that item, requeue the
                                           rest, respawn it
 
-Everything that touches a socket, a process or a Job happens in this thread, so none of that
-state needs a lock; caller threads only append to ``_commands`` and write a byte to the wake pipe.
+The thread's code is this module (loop, commands, spawning, scheduling) and two mixins of
+``Engine``: ``_inbox`` (messages and output from workers) and ``_faults`` (cancel, timeouts,
+memory limits, dead workers). Everything that touches a socket, a process or a Job happens in
+this thread, so none of that state needs a lock; caller threads only append to ``_commands``
+and write a byte to the wake pipe.
 A worker's death is seen in the same ``select()`` as its results: its socket reaches EOF and its
 pidfd becomes readable. No polling loop, no sleep: ``select()`` wakes for I/O or the next timer.
 """
@@ -35,48 +38,31 @@ import os
 import selectors
 import sys
 import threading
-import time
 import weakref
 
-from ._errors import (
-    MemoryLimitError,
-    PoolClosedError,
-    RemoteTraceback,
-    SerializationError,
-    TaskTimeoutError,
-    WorkerLostError,
-)
-from ._jobs import Job
+from ._errors import PoolClosedError, SerializationError
+from ._faults import MEMORY_CHECK_S, FaultsMixin
+from ._inbox import InboxMixin
+from ._jobs import Chunk, Job
 from ._message import Message
-from ._output import PARTIAL_LINE_S, LineBuffer, TerminalOutput
-from ._procs import Worker, describe_exit
+from ._output import LineBuffer, TerminalOutput
+from ._procs import Worker
 from ._protocol import (
     FN_CACHE_SIZE,
     TRACK_INDEX,
     TRACK_NONE,
     TRACK_TIME,
-    Cancel,
-    ChunkDone,
-    ChunkLoadFailed,
-    FnLoadFailed,
     Hello,
-    InitFailed,
-    ItemFailure,
-    Ready,
     RunChunk,
     Shutdown,
 )
-from ._serialize import FnPayload, dumps_data, loads_data, short_repr
+from ._serialize import FnPayload, dumps_data, short_repr
 from ._timers import Timers
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
 
-# After an interrupt, a worker still on the cancelled job's chunk this long is killed.
-CANCEL_GRACE_S = 0.2
-MEMORY_CHECK_S = 0.5
-HARD_MEMORY_FACTOR = 1.5
 # Largest chunk (pickled) sent to a worker that is still busy: well under the socket buffer.
 PREFETCH_MAX_BYTES = 256 * 1024
 # Items faster than this are not tracked one by one (the slot write would cost more than them).
@@ -103,35 +89,7 @@ class Terminate(Message):
     pass
 
 
-class Chunk:
-    """Items of a job sent to a worker; kept until they are back (resent if the worker dies)."""
-
-    __slots__ = ("chunk_id", "items", "job", "start")
-
-    def __init__(self, job: Job, chunk_id: int, start: int, items: Any) -> None:
-        self.job, self.chunk_id, self.start, self.items = job, chunk_id, start, items
-
-    @property
-    def count(self) -> int:
-        return len(self.items)
-
-
-def rebuild_exception(data: bytes, tb: str, type_name: str, message: str, header: str):
-    """The worker's exception as its own type, with the remote traceback as ``__cause__``."""
-    exc: BaseException
-    try:
-        exc = loads_data(data) if data else None  # type: ignore[assignment]
-        if not isinstance(exc, BaseException):
-            raise TypeError("not an exception")
-    except Exception as load_error:
-        exc = RuntimeError(
-            f"{type_name}: {message} (the exception could not be sent back intact: {load_error})"
-        )
-    exc.__cause__ = RemoteTraceback(f'\n{header}\n"""\n{tb}"""')
-    return exc
-
-
-class Engine:
+class Engine(InboxMixin, FaultsMixin):
     """Owns the worker processes and the dispatcher thread of one local pool."""
 
     def __init__(
@@ -444,310 +402,6 @@ class Engine:
         if not job.length_sent:
             job.sink._set_length(src.pos + (1 if src.error is not None else 0))
             job.length_sent = True
-
-    # ------------------------------------------------------------------ messages
-
-    def _read(self, w: Worker, timeout: float | None = None) -> bool:
-        try:
-            msg, buffers = w.ch.recv(timeout)
-        except (EOFError, OSError):
-            return False
-        if isinstance(msg, ChunkDone):
-            self._on_chunk_done(w, msg, buffers)
-        elif isinstance(msg, Ready):
-            w.ready = True
-            self._startup_failures[w.wid] = 0
-        elif isinstance(msg, ChunkLoadFailed):
-            chunk = self._pop_chunk(w, msg.job_id, msg.chunk_id)
-            if chunk is not None:
-                self._on_chunk_load_failed(chunk, msg)
-        elif isinstance(msg, FnLoadFailed):
-            self._on_fn_load_failed(w, msg)
-        elif isinstance(msg, InitFailed):
-            w.init_error = rebuild_exception(
-                msg.error,
-                msg.tb,
-                "Exception",
-                "initializer failed",
-                f"The initializer raised in worker {w.wid} (pid {w.pid}):",
-            )
-        return True
-
-    def _drain(self, w: Worker) -> None:
-        """Read what a dead worker sent before it died: results it finished are not lost."""
-        # The process is gone, so the data is all in the socket buffer; the timeout only
-        # matters if a grandchild inherited the socket and keeps it open.
-        while self._read(w, timeout=0.5):
-            pass
-
-    def _pop_chunk(self, w: Worker, job_id: int, chunk_id: int) -> Chunk | None:
-        chunk = w.inflight.pop((job_id, chunk_id), None)
-        if chunk is not None:
-            chunk.job.inflight -= 1
-        return chunk
-
-    def _on_chunk_done(self, w: Worker, msg: ChunkDone, buffers: list[bytearray]) -> None:
-        chunk = self._pop_chunk(w, msg.job_id, msg.chunk_id)
-        if chunk is None:
-            return
-        job = chunk.job
-        if not msg.skipped and not job.cancelled and not job.failed_fn:
-            job.record_time(chunk.count, msg.elapsed)
-            failures: dict[int, BaseException] = {}
-            try:
-                values = loads_data(buffers[0], buffers[1:])
-            except Exception as exc:
-                values = [None] * chunk.count
-                for i in range(chunk.start, chunk.start + chunk.count):
-                    err = SerializationError(
-                        f"the results of items {chunk.start}..{chunk.start + chunk.count - 1} "
-                        f"from worker {w.wid} could not be unpickled in the caller: {exc}"
-                    )
-                    err.__cause__ = exc
-                    failures[i] = err
-            for f in msg.failures:
-                failures[f.index] = self._rebuild(w, f)
-            job.sink._deliver(chunk.start, values, failures)
-        self._maybe_finish(job)
-        if w.budget == 0 and not w.inflight and not w.retiring:
-            self._retire(w)
-
-    def _rebuild(self, w: Worker, f: ItemFailure) -> BaseException:
-        header = f"Worker {w.wid} (pid {w.pid}) raised while running item {f.index}:"
-        return rebuild_exception(f.error, f.tb, f.type_name, f.message, header)
-
-    def _on_chunk_load_failed(self, chunk: Chunk, msg: ChunkLoadFailed) -> None:
-        job = chunk.job
-        if chunk.count > 1:  # find the culprit: resend the items one by one (none of them ran)
-            for i in reversed(range(chunk.count)):
-                self._requeue(job, chunk.start + i, chunk.items[i : i + 1])
-            return
-        err = SerializationError(
-            f"the argument of item {chunk.start} could not be unpickled in worker "
-            f"{msg.worker_id}: {msg.tb.strip().splitlines()[-1]}"
-        )
-        err.__cause__ = RemoteTraceback(msg.tb)
-        if not job.cancelled:
-            job.sink._deliver(chunk.start, [None], {chunk.start: err})
-        self._maybe_finish(job)
-
-    def _on_fn_load_failed(self, w: Worker, msg: FnLoadFailed) -> None:
-        self._pop_chunk(w, msg.job_id, msg.chunk_id)
-        job = self._jobs.get(msg.job_id)
-        if job is None:
-            return
-        w.fns.pop(job.fn.digest, None)
-        for name, _digest, _data in job.fn.globals:  # unknown which ones it applied: resend all
-            w.globals.pop(name, None)
-        if not job.failed_fn and not job.cancelled:
-            job.failed_fn = True
-            err = SerializationError(
-                f"the {job.fn.name} could not be loaded in worker {w.wid} (pid {w.pid}): "
-                f"{msg.tb.strip().splitlines()[-1]}. If it uses a module of yours, make sure "
-                "the worker can import it (it sees the caller's sys.path and working directory)."
-            )
-            err.__cause__ = RemoteTraceback(msg.tb)
-            job.sink._abort(err)
-        self._maybe_finish(job)
-
-    # ------------------------------------------------------------------ output
-
-    def _read_output(self, w: Worker, fd: int) -> str:
-        """Read what is there: 'data', 'empty' (nothing now) or 'eof' (pipe closed)."""
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return "empty"
-        except OSError:
-            data = b""
-        buf: LineBuffer = w.line_bufs[fd]  # type: ignore[attr-defined]
-        stream = w.out_fds[fd]
-        if not data:  # EOF: the worker (and any child holding the pipe) is gone
-            self._flush_output(w, fd)
-            with contextlib.suppress(KeyError, ValueError):
-                self._sel.unregister(fd)
-            os.close(fd)
-            del w.out_fds[fd]
-            return "eof"
-        had_partial = bool(buf.partial)
-        for line in buf.feed(data):
-            self.output.write(w.wid, w.pid, stream, line)
-        if buf.partial and not had_partial:
-            tail = buf.partial
-
-            def flush_if_still_waiting() -> None:
-                if buf.partial.startswith(tail):
-                    self._flush_output(w, fd)
-
-            self._timers.call_later(PARTIAL_LINE_S, flush_if_still_waiting)
-        return "data"
-
-    def _flush_output(self, w: Worker, fd: int) -> None:
-        text = w.line_bufs[fd].flush()  # type: ignore[attr-defined]
-        if text is not None:
-            self.output.write(w.wid, w.pid, w.out_fds.get(fd, "stdout"), text)
-
-    # ------------------------------------------------------------------ cancel, limits
-
-    def _cancel(self, job_id: int, reason: BaseException) -> None:
-        job = self._jobs.get(job_id)
-        if job is None or job.cancelled:
-            return
-        job.cancelled = True
-        job.retry.clear()
-        job.sink._abort(reason)
-        for w in list(self._all):
-            if not any(c.job is job for c in w.inflight.values()):
-                continue
-            self._send(w, Cancel(w.wid, job_id))
-            first = next(iter(w.inflight.values()))
-            if first.job is job:  # it is on this job now: give it a moment, then stop it
-                self._timers.call_later(CANCEL_GRACE_S, self._stopper(w, (job.id, first.chunk_id)))
-        self._maybe_finish(job)
-
-    @staticmethod
-    def _stopper(w: Worker, key: tuple[int, int]) -> Any:
-        def stop() -> None:
-            if key in w.inflight:
-                w.kill()
-
-        return stop
-
-    def _check_timeout(self, w: Worker) -> None:
-        if w.dead or w.kill_reason is not None:
-            return
-        running = w.running()
-        timed = [c for c in w.inflight.values() if c.job.task_timeout is not None]
-        if running is None or not timed:
-            return
-        chunk, stage = running
-        limit = chunk.job.task_timeout
-        now = time.monotonic()
-        if limit is not None and stage >= 0:
-            deadline = w.slot[3] / 1e9 + limit
-            if now >= deadline:
-                w.kill(
-                    TaskTimeoutError(
-                        f"item {stage} ran longer than task_timeout={limit} s in worker "
-                        f"{w.wid} (pid {w.pid}); the worker was replaced and the job goes on",
-                        index=stage,
-                    )
-                )
-                return
-            self._timers.call_at(deadline + 0.001, lambda: self._check_timeout(w))
-        else:
-            self._timers.call_later(timed[0].job.task_timeout, lambda: self._check_timeout(w))
-
-    def _check_memory(self) -> None:
-        import psutil
-
-        assert self._max_memory is not None
-        soft, hard = self._max_memory, int(self._max_memory * HARD_MEMORY_FACTOR)
-        for w in list(self._all):
-            if w.dead or w.kill_reason is not None:
-                continue
-            try:
-                rss = psutil.Process(w.pid).memory_info().rss
-            except psutil.Error:
-                continue
-            if rss > hard:
-                running = w.running()
-                index = running[1] if running else None
-                w.kill(
-                    MemoryLimitError(
-                        f"worker {w.wid} (pid {w.pid}) used {rss / 2**20:.0f} MiB, over the hard "
-                        f"limit of {hard / 2**20:.0f} MiB (1.5 x max_memory_per_worker), while "
-                        f"running item {index}: it was killed and replaced",
-                        worker_id=w.wid,
-                        pid=w.pid,
-                        index=index if isinstance(index, int) and index >= 0 else None,
-                    )
-                )
-            elif rss > soft and not w.retiring:
-                if w.inflight:
-                    w.budget = 0  # no more work: replaced as soon as its chunk is back
-                else:
-                    self._retire(w)
-        if not self._terminating:
-            self._timers.call_later(MEMORY_CHECK_S, self._check_memory)
-
-    # ------------------------------------------------------------------ death
-
-    def _on_death(self, w: Worker) -> None:
-        if w.dead:
-            return
-        w.dead = True
-        self._all.discard(w)
-        for fd in list(w.out_fds):  # what it printed before dying still reaches the user
-            while self._read_output(w, fd) == "data":
-                pass
-            if fd in w.out_fds:  # a grandchild still holds the pipe: keep what we have
-                self._flush_output(w, fd)
-        for fileobj in (w.ch.fileno(), w.pidfd, *w.out_fds):
-            if fileobj is not None and fileobj >= 0:
-                with contextlib.suppress(KeyError, ValueError):
-                    self._sel.unregister(fileobj)
-        running = w.running()
-        code = w.reap()
-        if not w.ready and not w.retiring:
-            self._startup_failures[w.wid] += 1
-        if self._slots[w.wid] is w:
-            self._slots[w.wid] = None
-        chunks = list(w.inflight.values())
-        for chunk in chunks:
-            self._pop_chunk(w, chunk.job.id, chunk.chunk_id)
-        # A worker runs its chunks in the order sent and reports each before starting the next
-        # (and we drained its socket above), so only the first was under way; the others go
-        # back to their jobs untouched.
-        for chunk in reversed(chunks[1:]):
-            self._requeue(chunk.job, chunk.start, chunk.items)
-        if chunks:
-            assert running is not None
-            self._lost(w, chunks[0], running[1], code)
-        for chunk in chunks:
-            self._maybe_finish(chunk.job)
-
-    def _lost(self, w: Worker, chunk: Chunk, stage: int, code: int) -> None:
-        """The chunk its worker was on when it died: fail (or retry) the item that killed it."""
-        job, start, items = chunk.job, chunk.start, chunk.items
-        if job.cancelled or job.failed_fn:
-            return
-        if w.init_error is not None:
-            indices = range(start, start + len(items))
-            job.sink._deliver(start, [None] * len(items), dict.fromkeys(indices, w.init_error))
-            return
-        if start <= stage < start + len(items):
-            culprit = stage
-        elif len(items) == 1:
-            culprit = start
-        else:
-            # It died loading, pickling, or running untracked tiny items: which one is unknown.
-            # The items go back one by one; the culprit will fail again, alone.
-            for i in reversed(range(len(items))):
-                self._requeue(job, start + i, items[i : i + 1])
-            return
-        k = culprit - start
-        # Items after it never ran; items before it ran but their results died with the worker.
-        self._requeue(job, culprit + 1, items[k + 1 :])
-        self._requeue(job, start, items[:k])
-        reason = w.kill_reason
-        if reason is None and job.attempts.get(culprit, 0) < job.retries:
-            job.attempts[culprit] = job.attempts.get(culprit, 0) + 1
-            self._requeue(job, culprit, items[k : k + 1])
-            return
-        if reason is None:
-            tries = job.attempts.get(culprit, 0)
-            reason = WorkerLostError(
-                f"worker {w.wid} (pid {w.pid}) died while running item {culprit} "
-                f"(argument {short_repr(items[k], 60)}): {describe_exit(code)}"
-                + (f", on each of {tries + 1} tries" if tries else "")
-                + ". The pool replaced the worker and goes on with the other items.",
-                worker_id=w.wid,
-                pid=w.pid,
-                exitcode=code,
-                index=culprit,
-            )
-        job.sink._deliver(culprit, [None], {culprit: reason})
 
     def _teardown(self) -> None:
         _LIVE.discard(self)

@@ -150,3 +150,16 @@ class Job:
     def record_time(self, count: int, elapsed: float) -> None:
         self.items_timed += count
         self.seconds_timed += elapsed
+
+
+class Chunk:
+    """Items of a job sent to a worker; kept until they are back (resent if the worker dies)."""
+
+    __slots__ = ("chunk_id", "items", "job", "start")
+
+    def __init__(self, job: Job, chunk_id: int, start: int, items: Any) -> None:
+        self.job, self.chunk_id, self.start, self.items = job, chunk_id, start, items
+
+    @property
+    def count(self) -> int:
+        return len(self.items)

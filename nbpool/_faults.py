@@ -1,0 +1,209 @@
+"""The dispatcher's fault side: cancel, task timeouts, memory limits, dead workers.
+
+A mixin of ``Engine`` (``_dispatcher``): these methods run in the dispatcher thread only.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import selectors
+import time
+
+from ._errors import MemoryLimitError, TaskTimeoutError, WorkerLostError
+from ._jobs import Chunk, Job
+from ._procs import Worker, describe_exit
+from ._protocol import Cancel
+from ._serialize import short_repr
+from ._timers import Timers
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+# After an interrupt, a worker still on the cancelled job's chunk this long is killed.
+CANCEL_GRACE_S = 0.2
+MEMORY_CHECK_S = 0.5
+HARD_MEMORY_FACTOR = 1.5
+
+
+class FaultsMixin:
+    # Provided by Engine (see _dispatcher); declared for the type checker.
+    _sel: selectors.BaseSelector
+    _timers: Timers
+    _all: set[Worker]
+    _slots: list[Worker | None]
+    _jobs: dict[int, Job]
+    _pending: collections.deque[Job]
+    _startup_failures: list[int]
+    _terminating: bool
+    _max_memory: int | None
+    output: Any
+    _send: Callable[..., bool]
+    _retire: Callable[[Worker], None]
+    _requeue: Callable[[Job, int, Any], None]
+    _maybe_finish: Callable[[Job], None]
+    _pop_chunk: Callable[[Worker, int, int], Chunk | None]
+    _read_output: Callable[[Worker, int], str]
+    _flush_output: Callable[[Worker, int], None]
+
+    def _cancel(self, job_id: int, reason: BaseException) -> None:
+        job = self._jobs.get(job_id)
+        if job is None or job.cancelled:
+            return
+        job.cancelled = True
+        job.retry.clear()
+        job.sink._abort(reason)
+        for w in list(self._all):
+            if not any(c.job is job for c in w.inflight.values()):
+                continue
+            self._send(w, Cancel(w.wid, job_id))
+            first = next(iter(w.inflight.values()))
+            if first.job is job:  # it is on this job now: give it a moment, then stop it
+                self._timers.call_later(CANCEL_GRACE_S, self._stopper(w, (job.id, first.chunk_id)))
+        self._maybe_finish(job)
+
+    @staticmethod
+    def _stopper(w: Worker, key: tuple[int, int]) -> Any:
+        def stop() -> None:
+            if key in w.inflight:
+                w.kill()
+
+        return stop
+
+    def _check_timeout(self, w: Worker) -> None:
+        if w.dead or w.kill_reason is not None:
+            return
+        running = w.running()
+        timed = [c for c in w.inflight.values() if c.job.task_timeout is not None]
+        if running is None or not timed:
+            return
+        chunk, stage = running
+        limit = chunk.job.task_timeout
+        now = time.monotonic()
+        if limit is not None and stage >= 0:
+            deadline = w.slot[3] / 1e9 + limit
+            if now >= deadline:
+                w.kill(
+                    TaskTimeoutError(
+                        f"item {stage} ran longer than task_timeout={limit} s in worker "
+                        f"{w.wid} (pid {w.pid}); the worker was replaced and the job goes on",
+                        index=stage,
+                    )
+                )
+                return
+            self._timers.call_at(deadline + 0.001, lambda: self._check_timeout(w))
+        else:
+            self._timers.call_later(timed[0].job.task_timeout, lambda: self._check_timeout(w))
+
+    def _check_memory(self) -> None:
+        import psutil
+
+        assert self._max_memory is not None
+        soft, hard = self._max_memory, int(self._max_memory * HARD_MEMORY_FACTOR)
+        for w in list(self._all):
+            if w.dead or w.kill_reason is not None:
+                continue
+            try:
+                rss = psutil.Process(w.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > hard:
+                running = w.running()
+                index = running[1] if running else None
+                w.kill(
+                    MemoryLimitError(
+                        f"worker {w.wid} (pid {w.pid}) used {rss / 2**20:.0f} MiB, over the hard "
+                        f"limit of {hard / 2**20:.0f} MiB (1.5 x max_memory_per_worker), while "
+                        f"running item {index}: it was killed and replaced",
+                        worker_id=w.wid,
+                        pid=w.pid,
+                        index=index if isinstance(index, int) and index >= 0 else None,
+                    )
+                )
+            elif rss > soft and not w.retiring:
+                if w.inflight:
+                    w.budget = 0  # no more work: replaced as soon as its chunk is back
+                else:
+                    self._retire(w)
+        if not self._terminating:
+            self._timers.call_later(MEMORY_CHECK_S, self._check_memory)
+
+    # ------------------------------------------------------------------ death
+
+    def _on_death(self, w: Worker) -> None:
+        if w.dead:
+            return
+        w.dead = True
+        self._all.discard(w)
+        for fd in list(w.out_fds):  # what it printed before dying still reaches the user
+            while self._read_output(w, fd) == "data":
+                pass
+            if fd in w.out_fds:  # a grandchild still holds the pipe: keep what we have
+                self._flush_output(w, fd)
+        for fileobj in (w.ch.fileno(), w.pidfd, *w.out_fds):
+            if fileobj is not None and fileobj >= 0:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.unregister(fileobj)
+        running = w.running()
+        code = w.reap()
+        if not w.ready and not w.retiring:
+            self._startup_failures[w.wid] += 1
+        if self._slots[w.wid] is w:
+            self._slots[w.wid] = None
+        chunks = list(w.inflight.values())
+        for chunk in chunks:
+            self._pop_chunk(w, chunk.job.id, chunk.chunk_id)
+        # A worker runs its chunks in the order sent and reports each before starting the next
+        # (and we drained its socket above), so only the first was under way; the others go
+        # back to their jobs untouched.
+        for chunk in reversed(chunks[1:]):
+            self._requeue(chunk.job, chunk.start, chunk.items)
+        if chunks:
+            assert running is not None
+            self._lost(w, chunks[0], running[1], code)
+        for chunk in chunks:
+            self._maybe_finish(chunk.job)
+
+    def _lost(self, w: Worker, chunk: Chunk, stage: int, code: int) -> None:
+        """The chunk its worker was on when it died: fail (or retry) the item that killed it."""
+        job, start, items = chunk.job, chunk.start, chunk.items
+        if job.cancelled or job.failed_fn:
+            return
+        if w.init_error is not None:
+            indices = range(start, start + len(items))
+            job.sink._deliver(start, [None] * len(items), dict.fromkeys(indices, w.init_error))
+            return
+        if start <= stage < start + len(items):
+            culprit = stage
+        elif len(items) == 1:
+            culprit = start
+        else:
+            # It died loading, pickling, or running untracked tiny items: which one is unknown.
+            # The items go back one by one; the culprit will fail again, alone.
+            for i in reversed(range(len(items))):
+                self._requeue(job, start + i, items[i : i + 1])
+            return
+        k = culprit - start
+        # Items after it never ran; items before it ran but their results died with the worker.
+        self._requeue(job, culprit + 1, items[k + 1 :])
+        self._requeue(job, start, items[:k])
+        reason = w.kill_reason
+        if reason is None and job.attempts.get(culprit, 0) < job.retries:
+            job.attempts[culprit] = job.attempts.get(culprit, 0) + 1
+            self._requeue(job, culprit, items[k : k + 1])
+            return
+        if reason is None:
+            tries = job.attempts.get(culprit, 0)
+            reason = WorkerLostError(
+                f"worker {w.wid} (pid {w.pid}) died while running item {culprit} "
+                f"(argument {short_repr(items[k], 60)}): {describe_exit(code)}"
+                + (f", on each of {tries + 1} tries" if tries else "")
+                + ". The pool replaced the worker and goes on with the other items.",
+                worker_id=w.wid,
+                pid=w.pid,
+                exitcode=code,
+                index=culprit,
+            )
+        job.sink._deliver(culprit, [None], {culprit: reason})

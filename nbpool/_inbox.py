@@ -1,0 +1,204 @@
+"""The dispatcher's reading side: messages from workers and their stdout/stderr.
+
+A mixin of ``Engine`` (``_dispatcher``): these methods run in the dispatcher thread only.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import selectors
+
+from ._errors import RemoteTraceback, SerializationError
+from ._jobs import Chunk, Job
+from ._output import PARTIAL_LINE_S, LineBuffer
+from ._procs import Worker
+from ._protocol import (
+    ChunkDone,
+    ChunkLoadFailed,
+    FnLoadFailed,
+    InitFailed,
+    ItemFailure,
+    Ready,
+)
+from ._serialize import loads_data
+from ._timers import Timers
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+
+def rebuild_exception(data: bytes, tb: str, type_name: str, message: str, header: str):
+    """The worker's exception as its own type, with the remote traceback as ``__cause__``."""
+    exc: BaseException
+    try:
+        exc = loads_data(data) if data else None  # type: ignore[assignment]
+        if not isinstance(exc, BaseException):
+            raise TypeError("not an exception")
+    except Exception as load_error:
+        exc = RuntimeError(
+            f"{type_name}: {message} (the exception could not be sent back intact: {load_error})"
+        )
+    exc.__cause__ = RemoteTraceback(f'\n{header}\n"""\n{tb}"""')
+    return exc
+
+
+class InboxMixin:
+    # Provided by Engine (see _dispatcher); declared for the type checker.
+    _sel: selectors.BaseSelector
+    _timers: Timers
+    _all: set[Worker]
+    _slots: list[Worker | None]
+    _jobs: dict[int, Job]
+    _pending: collections.deque[Job]
+    _startup_failures: list[int]
+    _terminating: bool
+    _max_memory: int | None
+    output: Any
+    _send: Callable[..., bool]
+    _retire: Callable[[Worker], None]
+    _requeue: Callable[[Job, int, Any], None]
+    _maybe_finish: Callable[[Job], None]
+
+    def _read(self, w: Worker, timeout: float | None = None) -> bool:
+        try:
+            msg, buffers = w.ch.recv(timeout)
+        except (EOFError, OSError):
+            return False
+        if isinstance(msg, ChunkDone):
+            self._on_chunk_done(w, msg, buffers)
+        elif isinstance(msg, Ready):
+            w.ready = True
+            self._startup_failures[w.wid] = 0
+        elif isinstance(msg, ChunkLoadFailed):
+            chunk = self._pop_chunk(w, msg.job_id, msg.chunk_id)
+            if chunk is not None:
+                self._on_chunk_load_failed(chunk, msg)
+        elif isinstance(msg, FnLoadFailed):
+            self._on_fn_load_failed(w, msg)
+        elif isinstance(msg, InitFailed):
+            w.init_error = rebuild_exception(
+                msg.error,
+                msg.tb,
+                "Exception",
+                "initializer failed",
+                f"The initializer raised in worker {w.wid} (pid {w.pid}):",
+            )
+        return True
+
+    def _drain(self, w: Worker) -> None:
+        """Read what a dead worker sent before it died: results it finished are not lost."""
+        # The process is gone, so the data is all in the socket buffer; the timeout only
+        # matters if a grandchild inherited the socket and keeps it open.
+        while self._read(w, timeout=0.5):
+            pass
+
+    def _pop_chunk(self, w: Worker, job_id: int, chunk_id: int) -> Chunk | None:
+        chunk = w.inflight.pop((job_id, chunk_id), None)
+        if chunk is not None:
+            chunk.job.inflight -= 1
+        return chunk
+
+    def _on_chunk_done(self, w: Worker, msg: ChunkDone, buffers: list[bytearray]) -> None:
+        chunk = self._pop_chunk(w, msg.job_id, msg.chunk_id)
+        if chunk is None:
+            return
+        job = chunk.job
+        if not msg.skipped and not job.cancelled and not job.failed_fn:
+            job.record_time(chunk.count, msg.elapsed)
+            failures: dict[int, BaseException] = {}
+            try:
+                values = loads_data(buffers[0], buffers[1:])
+            except Exception as exc:
+                values = [None] * chunk.count
+                for i in range(chunk.start, chunk.start + chunk.count):
+                    err = SerializationError(
+                        f"the results of items {chunk.start}..{chunk.start + chunk.count - 1} "
+                        f"from worker {w.wid} could not be unpickled in the caller: {exc}"
+                    )
+                    err.__cause__ = exc
+                    failures[i] = err
+            for f in msg.failures:
+                failures[f.index] = self._rebuild(w, f)
+            job.sink._deliver(chunk.start, values, failures)
+        self._maybe_finish(job)
+        if w.budget == 0 and not w.inflight and not w.retiring:
+            self._retire(w)
+
+    def _rebuild(self, w: Worker, f: ItemFailure) -> BaseException:
+        header = f"Worker {w.wid} (pid {w.pid}) raised while running item {f.index}:"
+        return rebuild_exception(f.error, f.tb, f.type_name, f.message, header)
+
+    def _on_chunk_load_failed(self, chunk: Chunk, msg: ChunkLoadFailed) -> None:
+        job = chunk.job
+        if chunk.count > 1:  # find the culprit: resend the items one by one (none of them ran)
+            for i in reversed(range(chunk.count)):
+                self._requeue(job, chunk.start + i, chunk.items[i : i + 1])
+            return
+        err = SerializationError(
+            f"the argument of item {chunk.start} could not be unpickled in worker "
+            f"{msg.worker_id}: {msg.tb.strip().splitlines()[-1]}"
+        )
+        err.__cause__ = RemoteTraceback(msg.tb)
+        if not job.cancelled:
+            job.sink._deliver(chunk.start, [None], {chunk.start: err})
+        self._maybe_finish(job)
+
+    def _on_fn_load_failed(self, w: Worker, msg: FnLoadFailed) -> None:
+        self._pop_chunk(w, msg.job_id, msg.chunk_id)
+        job = self._jobs.get(msg.job_id)
+        if job is None:
+            return
+        w.fns.pop(job.fn.digest, None)
+        for name, _digest, _data in job.fn.globals:  # unknown which ones it applied: resend all
+            w.globals.pop(name, None)
+        if not job.failed_fn and not job.cancelled:
+            job.failed_fn = True
+            err = SerializationError(
+                f"the {job.fn.name} could not be loaded in worker {w.wid} (pid {w.pid}): "
+                f"{msg.tb.strip().splitlines()[-1]}. If it uses a module of yours, make sure "
+                "the worker can import it (it sees the caller's sys.path and working directory)."
+            )
+            err.__cause__ = RemoteTraceback(msg.tb)
+            job.sink._abort(err)
+        self._maybe_finish(job)
+
+    # ------------------------------------------------------------------ output
+
+    def _read_output(self, w: Worker, fd: int) -> str:
+        """Read what is there: 'data', 'empty' (nothing now) or 'eof' (pipe closed)."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return "empty"
+        except OSError:
+            data = b""
+        buf: LineBuffer = w.line_bufs[fd]  # type: ignore[attr-defined]
+        stream = w.out_fds[fd]
+        if not data:  # EOF: the worker (and any child holding the pipe) is gone
+            self._flush_output(w, fd)
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(fd)
+            os.close(fd)
+            del w.out_fds[fd]
+            return "eof"
+        had_partial = bool(buf.partial)
+        for line in buf.feed(data):
+            self.output.write(w.wid, w.pid, stream, line)
+        if buf.partial and not had_partial:
+            tail = buf.partial
+
+            def flush_if_still_waiting() -> None:
+                if buf.partial.startswith(tail):
+                    self._flush_output(w, fd)
+
+            self._timers.call_later(PARTIAL_LINE_S, flush_if_still_waiting)
+        return "data"
+
+    def _flush_output(self, w: Worker, fd: int) -> None:
+        text = w.line_bufs[fd].flush()  # type: ignore[attr-defined]
+        if text is not None:
+            self.output.write(w.wid, w.pid, w.out_fds.get(fd, "stdout"), text)
