@@ -107,6 +107,7 @@ class InboxMixin:
         if chunk is None:
             return
         job = chunk.job
+        w.last_target = job.output_target
         if not msg.skipped and not job.cancelled and not job.failed_fn:
             job.record_time(chunk.count, msg.elapsed)
             failures: dict[int, BaseException] = {}
@@ -187,7 +188,7 @@ class InboxMixin:
             return "eof"
         had_partial = bool(buf.partial)
         for line in buf.feed(data):
-            self.output.write(w.wid, w.pid, stream, line)
+            self.output.write(w.wid, w.pid, stream, line, self._output_target(w))
         if buf.partial and not had_partial:
             tail = buf.partial
 
@@ -201,4 +202,13 @@ class InboxMixin:
     def _flush_output(self, w: Worker, fd: int) -> None:
         text = w.line_bufs[fd].flush()  # type: ignore[attr-defined]
         if text is not None:
-            self.output.write(w.wid, w.pid, w.out_fds.get(fd, "stdout"), text)
+            self.output.write(
+                w.wid, w.pid, w.out_fds.get(fd, "stdout"), text, self._output_target(w)
+            )
+
+    @staticmethod
+    def _output_target(w: Worker) -> Any:
+        """The cell of the job the worker is on, else of the last job it finished. (A second
+        chunk in flight is always of the same job: see Engine._capacity.)"""
+        chunk = next(iter(w.inflight.values()), None)
+        return chunk.job.output_target if chunk is not None else w.last_target

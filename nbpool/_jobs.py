@@ -106,6 +106,7 @@ class Job:
         self.task_timeout: float | None = None
         self.attempts: dict[int, int] = {}  # item index -> re-runs after its worker died
         self.last_bytes = 0  # pickled size of the last chunk sent
+        self.output_target: Any = None  # the notebook cell its workers' output goes to
 
     @property
     def est(self) -> float | None:

@@ -12,6 +12,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
+from ._output import notebook_target
 from ._procs import Worker
 from ._serialize import dumps_fn
 
@@ -290,6 +291,7 @@ class Pool:
         payload = dumps_fn(fn, self._serializer)  # pre-flight: fails here, in the caller
         job = Job(next(_job_ids), payload, kind, source, sink, chunksize)
         job.retries, job.task_timeout = self._retries, self._task_timeout
+        job.output_target = notebook_target()
         engine = self._engine
         assert engine is not None
         reason = KeyboardInterrupt(

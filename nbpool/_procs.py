@@ -97,6 +97,7 @@ class Worker:
         self.globals: dict[str, bytes] = {}  # mirror of the worker's _serialize._APPLIED
         self.budget: int | None = None  # items left before maxtasksperchild retires it
         self.init_error: BaseException | None = None
+        self.last_target: Any = None  # output target of the last job it finished
 
     def running(self) -> tuple[Any, int] | None:
         """(chunk, slot stage/index) of the chunk the worker is on, from the shared slot."""
