@@ -75,6 +75,13 @@ if TYPE_CHECKING:
     )
 
 
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext nbpool``: registers ``%%pmap`` and ``%pool`` (IPython is imported only now)."""
+    from ._magic import load_ipython_extension as load
+
+    load(ipython)
+
+
 def __getattr__(name: str) -> object:
     module = _WHERE.get(name)
     if module is None:

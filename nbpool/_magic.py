@@ -1,0 +1,180 @@
+"""IPython magics: ``%load_ext nbpool``, ``%%pmap TARGET in EXPR`` and ``%pool``.
+
+``%%pmap`` turns the cell body into a function of TARGET defined in the notebook's namespace, so
+the notebook names it reads are shipped by value (the usual ``__main__`` rule, see
+``_serialize``) and the names it assigns stay local to each item; the value of the body's last
+expression is the item's result. It runs on the session pool (``%pool``), started on first use
+and reused across cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import shlex
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
+_SESSION: dict[str, Any] = {"pool": None}
+
+PMAP_USAGE = (
+    "usage: %%pmap [-n N] [-o NAME] [--chunksize K] [--unordered] TARGET in EXPR   "
+    "(e.g. %%pmap x in range(10))"
+)
+POOL_USAGE = "usage: %pool [status | start [-n N] | stop | restart [-n N]]"
+
+
+def _usage_error(message: str) -> Exception:
+    from IPython.core.error import UsageError
+
+    return UsageError(message)
+
+
+def session_pool(processes: int | None = None) -> Any:
+    """The session's pool, started on first use (sized to the machine unless ``processes``)."""
+    import nbpool
+
+    pool = _SESSION["pool"]
+    if pool is None or pool._state != "RUN":
+        pool = _SESSION["pool"] = nbpool.Pool(processes)
+    return pool
+
+
+def _stop_session_pool() -> bool:
+    pool, _SESSION["pool"] = _SESSION["pool"], None
+    if pool is None:
+        return False
+    pool.terminate()
+    return True
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print and exit the kernel
+        raise _usage_error(f"{message}\n{PMAP_USAGE}")
+
+
+def _pmap_parser() -> _Parser:
+    p = _Parser(prog="%%pmap", add_help=False)
+    p.add_argument("-n", type=int, dest="processes")
+    p.add_argument("-o", dest="output")
+    p.add_argument("--chunksize", type=int)
+    p.add_argument("--unordered", action="store_true")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def _split_target(text: str) -> tuple[str, str]:
+    """``"a, b in pairs"`` -> ``("a, b", "pairs")``: the first `` in `` that parses as a target."""
+    parts = text.split(" in ")
+    for i in range(1, len(parts)):
+        target, expr = " in ".join(parts[:i]).strip(), " in ".join(parts[i:]).strip()
+        try:
+            node = ast.parse(f"for {target} in _: pass").body[0]
+        except SyntaxError:
+            continue
+        if isinstance(node, ast.For) and expr:
+            return target, expr
+    raise _usage_error(f"%%pmap needs `TARGET in EXPR`, got {text!r}\n{PMAP_USAGE}")
+
+
+def _cell_function(target: str, body: str, ns: dict[str, Any]) -> Any:
+    """Compile the body into ``def f(item): TARGET = item; ...; return <last expression>``."""
+    try:
+        tree = ast.parse(body)
+    except SyntaxError as exc:
+        raise _usage_error(f"%%pmap cell body: {exc}") from None
+    stmts = tree.body or [ast.Pass()]
+    if isinstance(stmts[-1], ast.Expr):
+        stmts[-1] = ast.Return(stmts[-1].value)
+    unpack = ast.parse(f"{target} = __nbpool_item").body
+    # A parsed stub, not an ast.FunctionDef built by hand: its fields differ across Pythons.
+    module = ast.parse("def pmap_cell(__nbpool_item):\n    pass\n")
+    fn = module.body[0]
+    assert isinstance(fn, ast.FunctionDef)
+    fn.body = [*unpack, *stmts]
+    ast.fix_missing_locations(module)
+    scope: dict[str, Any] = {}
+    # Defined over the notebook namespace: a __main__ function, shipped by value with the
+    # notebook globals it reads; its own assignments are locals, one set per item.
+    exec(compile(module, "<%%pmap cell>", "exec"), ns, scope)
+    return scope["pmap_cell"]
+
+
+def pmap(line: str, cell: str, ns: dict[str, Any]) -> Any:
+    args = _pmap_parser().parse_args(shlex.split(line))
+    target, expr = _split_target(" ".join(args.rest))
+    try:
+        items = list(eval(expr, ns))
+    except Exception as exc:
+        msg = f"%%pmap: evaluating {expr!r} failed: {type(exc).__name__}: {exc}"
+        raise _usage_error(msg) from None
+    fn = _cell_function(target, cell, ns)
+    pool = session_pool(args.processes)
+    if args.unordered:
+        it = pool.imap_unordered(fn, items, args.chunksize)
+    else:
+        it = pool.imap(fn, items, args.chunksize)
+    # imap, not map: one failing item must not lose the others' results. Failed items hold their
+    # exception in the results; the first failure is raised after all items are done.
+    results: list[Any] = []
+    first_error: BaseException | None = None
+    while True:
+        try:
+            results.append(next(it))
+        except StopIteration:
+            break
+        except Exception as exc:
+            results.append(exc)
+            first_error = first_error or exc
+    name = args.output or "_pmap"
+    ns[name] = results
+    if first_error is not None:
+        failed = sum(isinstance(r, BaseException) for r in results)
+        print(
+            f"%%pmap: {failed} of {len(results)} items failed; all results, with the exception "
+            f"in place of each failed item, are in `{name}`"
+        )
+        raise first_error
+    return None if args.output else results
+
+
+def pool_magic(line: str) -> Any:
+    words = shlex.split(line)
+    cmd = words[0] if words else "status"
+    n = None
+    if len(words) == 3 and words[1] == "-n" and words[2].isdigit():
+        n = int(words[2])
+    elif len(words) > 1:
+        raise _usage_error(POOL_USAGE)
+    if cmd in ("status", ""):
+        pool = _SESSION["pool"]
+        if pool is None or pool._state != "RUN":
+            return "nbpool session pool: not started (it starts on first %%pmap, or %pool start)"
+        return (
+            f"nbpool session pool: {pool._processes} workers, "
+            f"pids {' '.join(map(str, pool._engine.worker_pids()))}"
+        )
+    if cmd == "start":
+        session_pool(n)
+        return pool_magic("status")
+    if cmd == "stop":
+        return "stopped" if _stop_session_pool() else "no session pool was running"
+    if cmd == "restart":
+        _stop_session_pool()
+        session_pool(n)
+        return pool_magic("status")
+    raise _usage_error(POOL_USAGE)
+
+
+def load_ipython_extension(ip: Any) -> None:
+    def _pmap(line: str, cell: str) -> Any:
+        return pmap(line, cell, ip.user_ns)
+
+    def _pool(line: str) -> Any:
+        out = pool_magic(line)
+        print(out)
+
+    ip.register_magic_function(_pmap, magic_kind="cell", magic_name="pmap")
+    ip.register_magic_function(_pool, magic_kind="line", magic_name="pool")

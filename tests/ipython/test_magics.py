@@ -1,0 +1,72 @@
+"""%load_ext nbpool, %%pmap and %pool in a real kernel."""
+
+from __future__ import annotations
+
+import pytest
+from kernel_util import kernel, run_cell
+
+pytestmark = pytest.mark.kernel
+
+
+def _result(msgs: list[dict]) -> str:
+    return "".join(
+        m["content"]["data"]["text/plain"] for m in msgs if m["msg_type"] == "execute_result"
+    )
+
+
+def _error(kc, code: str) -> dict:
+    """The failed cell's error (ename, evalue, traceback) plus everything it wrote to stderr."""
+    msgs: list[dict] = []
+    reply = kc.execute_interactive(code, timeout=60, output_hook=msgs.append)
+    assert reply["content"]["status"] == "error", code
+    err = dict(reply["content"])
+    err["stderr"] = "".join(
+        m["content"]["text"]
+        for m in msgs
+        if m["msg_type"] == "stream" and m["content"]["name"] == "stderr"
+    )
+    shown = [m["content"] for m in msgs if m["msg_type"] == "error"]
+    err["traceback"] = shown[0]["traceback"] if shown else err.get("traceback", [])
+    return err
+
+
+def test_pmap_and_pool_magics(tmp_path):
+    with kernel(str(tmp_path)) as (_km, kc):
+        run_cell(kc, "%load_ext nbpool")
+        out, _ = run_cell(kc, "%pool status")
+        assert "not started" in out
+        # the body reads notebook names (shipped by value); its assignments stay local
+        run_cell(kc, "OFFSET = 100\ndef helper(v):\n    return v * 2\ny = 'untouched'")
+        _, msgs = run_cell(kc, "%%pmap x in range(5)\ny = helper(x)\ny + OFFSET")
+        assert _result(msgs) == "[100, 102, 104, 106, 108]"
+        out, _ = run_cell(kc, "print(y)")
+        assert out.strip() == "untouched"
+        # tuple targets, -o, --chunksize, --unordered, -n on first start of the pool
+        run_cell(kc, "%%pmap -o sums --chunksize 2 a, b in [(1, 2), (3, 4), (5, 6)]\na + b")
+        out, _ = run_cell(kc, "print(sums)")
+        assert out.strip() == "[3, 7, 11]"
+        _, msgs = run_cell(kc, "%%pmap --unordered x in [3, 1, 2]\nx * 10")
+        assert sorted(eval(_result(msgs))) == [10, 20, 30]
+        out, _ = run_cell(kc, "%pool status")
+        assert "workers, pids" in out
+        # an error shows the item and the remote traceback, and loses no other result
+        err = _error(kc, "%%pmap z in range(4)\nif z == 2:\n    raise ValueError(f'bad {z}')\nz")
+        assert err["ename"] == "ValueError" and "bad 2" in err["evalue"]
+        assert "item 2" in "\n".join(err["traceback"])
+        out, _ = run_cell(kc, "print(_pmap[:2], type(_pmap[2]).__name__, _pmap[3])")
+        assert out.strip() == "[0, 1] ValueError 3"
+        # bad input: a one-line usage error, no traceback into nbpool
+        for bad in (
+            "%%pmap x range(3)\nx",
+            "%%pmap x in undefined_name\nx",
+            "%%pmap --bogus x in [1]\nx",
+        ):
+            err = _error(kc, bad)
+            assert err["ename"] == "UsageError", bad
+            assert "nbpool/" not in "\n".join(err["traceback"])
+        out, _ = run_cell(kc, "%pool restart -n 1")
+        assert "1 workers" in out
+        out, _ = run_cell(kc, "%pool stop")
+        assert out.strip() == "stopped"
+        err = _error(kc, "%pool frobnicate")
+        assert err["ename"] == "UsageError"
