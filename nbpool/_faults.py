@@ -28,6 +28,18 @@ MEMORY_CHECK_S = 0.5
 HARD_MEMORY_FACTOR = 1.5
 
 
+def _describe_item(kind: str, item: Any) -> str:
+    if kind == "apply":  # (args, kwds)
+        args, kwds = item
+        inner = ", ".join(
+            [*map(short_repr, args), *(f"{k}={short_repr(v)}" for k, v in kwds.items())]
+        )
+        return f"arguments ({inner if len(inner) <= 60 else inner[:57] + '...'})"
+    if kind == "star":
+        return f"arguments {short_repr(item, 60)}"
+    return f"argument {short_repr(item, 60)}"
+
+
 class FaultsMixin:
     # Provided by Engine (see _dispatcher); declared for the type checker.
     _sel: selectors.BaseSelector
@@ -198,7 +210,7 @@ class FaultsMixin:
             tries = job.attempts.get(culprit, 0)
             reason = WorkerLostError(
                 f"worker {w.wid} (pid {w.pid}) died while running item {culprit} "
-                f"(argument {short_repr(items[k], 60)}): {describe_exit(code)}"
+                f"({_describe_item(job.kind, items[k])}): {describe_exit(code)}"
                 + (f", on each of {tries + 1} tries" if tries else "")
                 + ". The pool replaced the worker and goes on with the other items.",
                 worker_id=w.wid,
