@@ -61,6 +61,7 @@ from ._timers import Timers
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
 # Largest chunk (pickled) sent to a worker that is still busy: well under the socket buffer.
@@ -101,7 +102,7 @@ class Engine(InboxMixin, FaultsMixin):
         max_memory: int | None = None,
         output: Any = None,
         lifeline: tuple[int, int] | None = None,
-        started: list[Worker] = (),  # type: ignore[assignment]
+        started: Sequence[Worker] = (),
     ) -> None:
         self.nworkers = processes
         self._initializer = initializer

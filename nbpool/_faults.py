@@ -5,21 +5,18 @@ A mixin of ``Engine`` (``_dispatcher``): these methods run in the dispatcher thr
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import selectors
 import time
 
+from ._engine_state import EngineState
 from ._errors import MemoryLimitError, TaskTimeoutError, WorkerLostError
-from ._jobs import Chunk, Job
+from ._jobs import Chunk
 from ._procs import Worker, describe_exit
 from ._protocol import Cancel
 from ._serialize import short_repr
-from ._timers import Timers
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
 # After an interrupt, a worker still on the cancelled job's chunk this long is killed.
@@ -40,26 +37,7 @@ def _describe_item(kind: str, item: Any) -> str:
     return f"argument {short_repr(item, 60)}"
 
 
-class FaultsMixin:
-    # Provided by Engine (see _dispatcher); declared for the type checker.
-    _sel: selectors.BaseSelector
-    _timers: Timers
-    _all: set[Worker]
-    _slots: list[Worker | None]
-    _jobs: dict[int, Job]
-    _pending: collections.deque[Job]
-    _startup_failures: list[int]
-    _terminating: bool
-    _max_memory: int | None
-    output: Any
-    _send: Callable[..., bool]
-    _retire: Callable[[Worker], None]
-    _requeue: Callable[[Job, int, Any], None]
-    _maybe_finish: Callable[[Job], None]
-    _pop_chunk: Callable[[Worker, int, int], Chunk | None]
-    _read_output: Callable[[Worker, int], str]
-    _flush_output: Callable[[Worker, int], None]
-
+class FaultsMixin(EngineState):
     def _cancel(self, job_id: int, reason: BaseException) -> None:
         job = self._jobs.get(job_id)
         if job is None or job.cancelled:

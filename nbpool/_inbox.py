@@ -5,13 +5,12 @@ A mixin of ``Engine`` (``_dispatcher``): these methods run in the dispatcher thr
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
-import selectors
 
+from ._engine_state import EngineState
 from ._errors import RemoteTraceback, SerializationError
-from ._jobs import Chunk, Job
+from ._jobs import Chunk
 from ._output import PARTIAL_LINE_S, LineBuffer
 from ._procs import Worker
 from ._protocol import (
@@ -23,11 +22,9 @@ from ._protocol import (
     Ready,
 )
 from ._serialize import loads_data
-from ._timers import Timers
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
 
@@ -46,23 +43,7 @@ def rebuild_exception(data: bytes, tb: str, type_name: str, message: str, header
     return exc
 
 
-class InboxMixin:
-    # Provided by Engine (see _dispatcher); declared for the type checker.
-    _sel: selectors.BaseSelector
-    _timers: Timers
-    _all: set[Worker]
-    _slots: list[Worker | None]
-    _jobs: dict[int, Job]
-    _pending: collections.deque[Job]
-    _startup_failures: list[int]
-    _terminating: bool
-    _max_memory: int | None
-    output: Any
-    _send: Callable[..., bool]
-    _retire: Callable[[Worker], None]
-    _requeue: Callable[[Job, int, Any], None]
-    _maybe_finish: Callable[[Job], None]
-
+class InboxMixin(EngineState):
     def _read(self, w: Worker, timeout: float | None = None) -> bool:
         try:
             msg, buffers = w.ch.recv(timeout)

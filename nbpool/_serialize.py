@@ -323,14 +323,3 @@ def dumps_data(obj: Any, to_caller: bool = False) -> tuple[bytes, list[pickle.Pi
 
 def loads_data(data: bytes | bytearray | memoryview, buffers: list[Any] = ()) -> Any:  # type: ignore[assignment]
     return pickle.loads(data, buffers=buffers)
-
-
-def find_unpicklable(items: list[Any]) -> dict[int, BaseException]:
-    """Which items of a list fail to pickle, each with its error (slow path, errors only)."""
-    bad: dict[int, BaseException] = {}
-    for i, item in enumerate(items):
-        try:
-            dumps_data(item)
-        except Exception as exc:
-            bad[i] = exc
-    return bad

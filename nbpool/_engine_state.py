@@ -1,0 +1,39 @@
+"""``EngineState``: what the dispatcher's mixins (``_inbox``, ``_faults``) use of ``Engine``.
+
+Declarations only, for the type checker: the attributes and methods live on ``Engine``
+(``_dispatcher``), which inherits both mixins. Keeping them in one place keeps the mixins from
+repeating each other.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    import collections
+    import selectors
+    from collections.abc import Callable
+    from typing import Any
+
+    from ._jobs import Chunk, Job
+    from ._procs import Worker
+    from ._timers import Timers
+
+
+class EngineState:
+    _sel: selectors.BaseSelector
+    _timers: Timers
+    _all: set[Worker]
+    _slots: list[Worker | None]
+    _jobs: dict[int, Job]
+    _pending: collections.deque[Job]
+    _startup_failures: list[int]
+    _terminating: bool
+    _max_memory: int | None
+    output: Any
+    _send: Callable[..., bool]
+    _retire: Callable[[Worker], None]
+    _requeue: Callable[[Job, int, Any], None]
+    _maybe_finish: Callable[[Job], None]
+    _pop_chunk: Callable[[Worker, int, int], Chunk | None]
+    _read_output: Callable[[Worker, int], str]
+    _flush_output: Callable[[Worker, int], None]
