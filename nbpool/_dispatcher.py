@@ -47,6 +47,7 @@ from ._jobs import Chunk, Job
 from ._message import Message
 from ._output import LineBuffer, TerminalOutput
 from ._procs import Worker
+from ._progress import ProgressMixin
 from ._protocol import (
     FN_CACHE_SIZE,
     TRACK_INDEX,
@@ -82,6 +83,10 @@ class CancelJob(Message):
     reason: BaseException
 
 
+class Watch(Message):
+    progress: Any  # a _progress.JobProgress for the whole pool
+
+
 class Close(Message):
     pass
 
@@ -90,7 +95,7 @@ class Terminate(Message):
     pass
 
 
-class Engine(InboxMixin, FaultsMixin):
+class Engine(InboxMixin, FaultsMixin, ProgressMixin):
     """Owns the worker processes and the dispatcher thread of one local pool."""
 
     def __init__(
@@ -131,6 +136,13 @@ class Engine(InboxMixin, FaultsMixin):
         self._pending: collections.deque[Job] = collections.deque()
         self._closing = False
         self._terminating = False
+        self._views = None  # the progress view thread (_views), started on first use
+        self._tick_gen = 0
+        self._tick_due: float | None = None
+        self._restarted_at: dict[int, tuple[float, str]] = {}
+        self._pool_view = None
+        self._slot_done = [0] * processes
+        self._failed_total = 0
         for i in range(processes):
             self._spawn(i, started[i] if i < len(started) else None)
         if max_memory is not None:
@@ -146,6 +158,9 @@ class Engine(InboxMixin, FaultsMixin):
 
     def cancel(self, job_id: int, reason: BaseException) -> None:
         self._command(CancelJob(job_id, reason))
+
+    def watch(self, progress: Any) -> None:
+        self._command(Watch(progress))
 
     def close(self) -> None:
         self._command(Close())
@@ -223,8 +238,11 @@ class Engine(InboxMixin, FaultsMixin):
             if isinstance(cmd, Submit):
                 self._jobs[cmd.job.id] = cmd.job
                 self._pending.append(cmd.job)
+                self._progress_submitted(cmd.job)
             elif isinstance(cmd, CancelJob):
                 self._cancel(cmd.job_id, cmd.reason)
+            elif isinstance(cmd, Watch):
+                self._watch(cmd.progress)
             elif isinstance(cmd, Close):
                 self._closing = True
             elif isinstance(cmd, Terminate):
@@ -326,7 +344,7 @@ class Engine(InboxMixin, FaultsMixin):
         src = job.source
         if src.error is not None and src.exhausted and not job.length_sent:
             # The input iterable raised: that exception is the result at its position.
-            job.sink._deliver(src.pos, [None], {src.pos: src.error})
+            job.deliver(src.pos, [None], {src.pos: src.error})
             job.sink._set_length(src.pos + 1)
             job.length_sent = True
         if not len(items):
@@ -392,7 +410,7 @@ class Engine(InboxMixin, FaultsMixin):
                 "create such objects in the worker (in the function or an `initializer`)."
             )
             err.__cause__ = exc
-            job.sink._deliver(start, [None], {start: err})
+            job.deliver(start, [None], {start: err})
         self._maybe_finish(job)
 
     def _maybe_finish(self, job: Job) -> None:
@@ -403,6 +421,10 @@ class Engine(InboxMixin, FaultsMixin):
         if not job.length_sent:
             job.sink._set_length(src.pos + (1 if src.error is not None else 0))
             job.length_sent = True
+        self._failed_total += job.failed
+        if job.progress is not None:
+            failed = job.failed_fn or job.failed or src.error is not None
+            self._progress_ended(job, "failed" if failed else "finished")
 
     def _teardown(self) -> None:
         _LIVE.discard(self)
@@ -410,6 +432,10 @@ class Engine(InboxMixin, FaultsMixin):
         for job in list(self._jobs.values()):
             job.failed_fn = True  # nothing more is delivered to its result
             job.sink._abort(err)
+            self._progress_ended(job, "stopped")
+        self._progress_ended(None, "stopped")
+        if self._views is not None:
+            self._views.stop(timeout=2)
         workers = list(self._all)
         for w in workers:
             if w.proc.poll() is None:

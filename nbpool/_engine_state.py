@@ -28,6 +28,7 @@ class EngineState:
     _pending: collections.deque[Job]
     _startup_failures: list[int]
     _terminating: bool
+    _closing: bool
     _max_memory: int | None
     output: Any
     _send: Callable[..., bool]
@@ -37,3 +38,8 @@ class EngineState:
     _pop_chunk: Callable[[Worker, int, int], Chunk | None]
     _read_output: Callable[[Worker, int], str]
     _flush_output: Callable[[Worker, int], None]
+    _row: Callable[[Job | None, int, Worker | None, float], dict[str, Any]]
+    _progress_ended: Callable[[Job | None, str], None]
+    _restarted_at: dict[int, tuple[float, str]]
+    _slot_done: list[int]
+    _failed_total: int

@@ -45,6 +45,14 @@ class FaultsMixin(EngineState):
         job.cancelled = True
         job.retry.clear()
         job.sink._abort(reason)
+        if job.progress is not None:  # the rows of the workers it stops say what they were on
+            now = time.monotonic()
+            for w in self._slots:
+                if w is not None and any(c.job is job for c in w.inflight.values()):
+                    row = self._row(job, w.wid, w, now)
+                    row.pop("_in_chunk")
+                    job.progress.interrupted[w.wid] = row
+            self._progress_ended(job, "interrupted")
         for w in list(self._all):
             if not any(c.job is job for c in w.inflight.values()):
                 continue
@@ -138,6 +146,8 @@ class FaultsMixin(EngineState):
                     self._sel.unregister(fileobj)
         running = w.running()
         code = w.reap()
+        if not w.retiring:
+            self._restarted_at[w.wid] = (time.monotonic(), f"replaced: {describe_exit(code)}")
         if not w.ready and not w.retiring:
             self._startup_failures[w.wid] += 1
         if self._slots[w.wid] is w:
@@ -163,7 +173,7 @@ class FaultsMixin(EngineState):
             return
         if w.init_error is not None:
             indices = range(start, start + len(items))
-            job.sink._deliver(start, [None] * len(items), dict.fromkeys(indices, w.init_error))
+            job.deliver(start, [None] * len(items), dict.fromkeys(indices, w.init_error))
             return
         if start <= stage < start + len(items):
             culprit = stage
@@ -196,4 +206,4 @@ class FaultsMixin(EngineState):
                 exitcode=code,
                 index=culprit,
             )
-        job.sink._deliver(culprit, [None], {culprit: reason})
+        job.deliver(culprit, [None], {culprit: reason}, w.wid)

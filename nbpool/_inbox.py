@@ -91,6 +91,7 @@ class InboxMixin(EngineState):
         w.last_target = job.output_target
         if not msg.skipped and not job.cancelled and not job.failed_fn:
             job.record_time(chunk.count, msg.elapsed)
+            self._slot_done[w.wid] += chunk.count
             failures: dict[int, BaseException] = {}
             try:
                 values = loads_data(buffers[0], buffers[1:])
@@ -105,7 +106,7 @@ class InboxMixin(EngineState):
                     failures[i] = err
             for f in msg.failures:
                 failures[f.index] = self._rebuild(w, f)
-            job.sink._deliver(chunk.start, values, failures)
+            job.deliver(chunk.start, values, failures, w.wid)
         self._maybe_finish(job)
         if w.budget == 0 and not w.inflight and not w.retiring:
             self._retire(w)
@@ -126,7 +127,7 @@ class InboxMixin(EngineState):
         )
         err.__cause__ = RemoteTraceback(msg.tb)
         if not job.cancelled:
-            job.sink._deliver(chunk.start, [None], {chunk.start: err})
+            job.deliver(chunk.start, [None], {chunk.start: err})
         self._maybe_finish(job)
 
     def _on_fn_load_failed(self, w: Worker, msg: FnLoadFailed) -> None:

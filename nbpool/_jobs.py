@@ -107,6 +107,11 @@ class Job:
         self.attempts: dict[int, int] = {}  # item index -> re-runs after its worker died
         self.last_bytes = 0  # pickled size of the last chunk sent
         self.output_target: Any = None  # the notebook cell its workers' output goes to
+        # Progress (see _progress): items delivered, failed, and finished per worker slot.
+        self.progress: Any = None  # a _progress.JobProgress when progress is wanted
+        self.delivered = 0
+        self.failed = 0
+        self.by_worker: dict[int, int] = {}
 
     @property
     def est(self) -> float | None:
@@ -147,6 +152,20 @@ class Job:
             return self.retry.popleft()
         start = self.source.pos
         return start, self.source.take(self.chunk_size(nworkers, budget))
+
+    def deliver(
+        self,
+        start: int,
+        values: list[Any],
+        failures: dict[int, BaseException],
+        worker_id: int | None = None,
+    ) -> None:
+        """Hand results to the caller's result object, counting them for the progress views."""
+        self.delivered += len(values)
+        self.failed += len(failures)
+        if worker_id is not None:
+            self.by_worker[worker_id] = self.by_worker.get(worker_id, 0) + len(values)
+        self.sink._deliver(start, values, failures)
 
     def record_time(self, count: int, elapsed: float) -> None:
         self.items_timed += count

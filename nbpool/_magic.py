@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import shlex
+
+from ._progress import FINAL_RENDER_WAIT_S
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -20,10 +23,11 @@ if TYPE_CHECKING:
 _SESSION: dict[str, Any] = {"pool": None}
 
 PMAP_USAGE = (
-    "usage: %%pmap [-n N] [-o NAME] [--chunksize K] [--unordered] TARGET in EXPR   "
+    "usage: %%pmap [-n N] [-o NAME] [--chunksize K] [--unordered] [--progress | --no-progress] "
+    "TARGET in EXPR   "
     "(e.g. %%pmap x in range(10))"
 )
-POOL_USAGE = "usage: %pool [status | start [-n N] | stop | restart [-n N]]"
+POOL_USAGE = "usage: %pool [show | status | start [-n N] | stop | restart [-n N]]"
 
 
 def _usage_error(message: str) -> Exception:
@@ -61,8 +65,32 @@ def _pmap_parser() -> _Parser:
     p.add_argument("-o", dest="output")
     p.add_argument("--chunksize", type=int)
     p.add_argument("--unordered", action="store_true")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     return p
+
+
+_TAKES_VALUE = {"-n", "-o", "--chunksize"}
+
+
+def _split_options(line: str) -> tuple[list[str], str]:
+    """Options first, then ``TARGET in EXPR`` exactly as typed: shlex would strip the quotes
+    out of ``x in ["a", "b"]``, so only the leading option words are split off."""
+    words: list[str] = []
+    pos = 0
+    while True:
+        m = re.compile(r"\s*(\S+)").match(line, pos)
+        if m is None or not m.group(1).startswith("-"):
+            break
+        word = m.group(1)
+        words.append(word)
+        pos = m.end()
+        if word in _TAKES_VALUE:
+            v = re.compile(r"\s*(\S+)").match(line, pos)
+            if v is None:
+                break  # argparse says what is missing
+            words.append(v.group(1))
+            pos = v.end()
+    return words, line[pos:].strip()
 
 
 def _split_target(text: str) -> tuple[str, str]:
@@ -103,8 +131,9 @@ def _cell_function(target: str, body: str, ns: dict[str, Any]) -> Any:
 
 
 def pmap(line: str, cell: str, ns: dict[str, Any]) -> Any:
-    args = _pmap_parser().parse_args(shlex.split(line))
-    target, expr = _split_target(" ".join(args.rest))
+    options, rest = _split_options(line)
+    args = _pmap_parser().parse_args(options)
+    target, expr = _split_target(rest)
     try:
         items = list(eval(expr, ns))
     except Exception as exc:
@@ -112,10 +141,8 @@ def pmap(line: str, cell: str, ns: dict[str, Any]) -> Any:
         raise _usage_error(msg) from None
     fn = _cell_function(target, cell, ns)
     pool = session_pool(args.processes)
-    if args.unordered:
-        it = pool.imap_unordered(fn, items, args.chunksize)
-    else:
-        it = pool.imap(fn, items, args.chunksize)
+    imap = pool.imap_unordered if args.unordered else pool.imap
+    it = imap(fn, items, args.chunksize, progress=args.progress)
     # imap, not map: one failing item must not lose the others' results. Failed items hold their
     # exception in the results; the first failure is raised after all items are done.
     results: list[Any] = []
@@ -128,6 +155,8 @@ def pmap(line: str, cell: str, ns: dict[str, Any]) -> Any:
         except Exception as exc:
             results.append(exc)
             first_error = first_error or exc
+    if it._progress is not None:  # the final dashboard belongs in this cell's output
+        it._progress.rendered.wait(FINAL_RENDER_WAIT_S)
     name = args.output or "_pmap"
     ns[name] = results
     if first_error is not None:
@@ -142,13 +171,16 @@ def pmap(line: str, cell: str, ns: dict[str, Any]) -> Any:
 
 def pool_magic(line: str) -> Any:
     words = shlex.split(line)
-    cmd = words[0] if words else "status"
+    cmd = words[0] if words else "show"
     n = None
     if len(words) == 3 and words[1] == "-n" and words[2].isdigit():
         n = int(words[2])
     elif len(words) > 1:
         raise _usage_error(POOL_USAGE)
-    if cmd in ("status", ""):
+    if cmd == "show":
+        session_pool().dashboard()
+        return None
+    if cmd == "status":
         pool = _SESSION["pool"]
         if pool is None or pool._state != "RUN":
             return "nbpool session pool: not started (it starts on first %%pmap, or %pool start)"
@@ -174,7 +206,8 @@ def load_ipython_extension(ip: Any) -> None:
 
     def _pool(line: str) -> Any:
         out = pool_magic(line)
-        print(out)
+        if out is not None:
+            print(out)
 
     ip.register_magic_function(_pmap, magic_kind="cell", magic_name="pmap")
     ip.register_magic_function(_pool, magic_kind="line", magic_name="pool")

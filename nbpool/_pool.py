@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from ._output import notebook_target
 from ._procs import Worker
+from ._progress import FINAL_RENDER_WAIT_S, JobProgress, check_progress, describe_call, wants_view
 from ._serialize import dumps_fn
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
@@ -135,6 +136,27 @@ def _start_method(context: Any) -> str | None:
     return get() if callable(get) else None
 
 
+def _wait(result: Any) -> Any:
+    """``result.get()`` for the blocking methods; if a dashboard was shown, also wait (briefly)
+    until its final state is rendered, so that it is in the cell's output when the cell ends
+    (what a saved notebook keeps). Not after an interrupt: that must return at once."""
+    try:
+        value = result.get()
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        _await_render(result)
+        raise
+    _await_render(result)
+    return value
+
+
+def _await_render(result: Any) -> None:
+    p = result._progress
+    if p is not None:
+        p.rendered.wait(FINAL_RENDER_WAIT_S)
+
+
 class Pool:
     """A process pool with the ``multiprocessing.Pool`` API that works in notebooks.
 
@@ -158,6 +180,10 @@ class Pool:
         max_memory_per_worker: bytes (or ``"2GB"``, ``"512MiB"``). A worker above it is replaced
             once its current chunk is done; one above 1.5 times it is killed at once and its
             item fails with ``MemoryLimitError``. Checked every 0.5 s.
+        progress: the live dashboard. ``"auto"`` (default): in a notebook, under the cell, for
+            calls that run longer than 0.5 s; nothing elsewhere. ``True``: always, from the
+            start (a tqdm bar on stderr outside notebooks). ``False``: never. Every method
+            also takes ``progress=`` to override it for one call.
     """
 
     def __init__(
@@ -172,6 +198,7 @@ class Pool:
         retries: int = 0,
         task_timeout: float | None = None,
         max_memory_per_worker: int | str | None = None,
+        progress: bool | str = "auto",
     ) -> None:
         self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
         self._engine: Engine | None = None
@@ -193,6 +220,7 @@ class Pool:
             raise ValueError(f"serializer must be one of {_SERIALIZERS}, not {serializer!r}")
         self._retries = _check_int("retries", retries, minimum=0)
         self._task_timeout = _check_seconds("task_timeout", task_timeout)
+        self._progress = check_progress(progress)
         max_memory = _parse_bytes("max_memory_per_worker", max_memory_per_worker)
         method = _start_method(context)
         if method == "fork":
@@ -268,6 +296,26 @@ class Pool:
         if self._engine is not None:
             self._engine.join()
 
+    def dashboard(self) -> None:
+        """Show a live dashboard of the whole pool (every worker, every call) under the cell.
+
+        It updates until the pool is closed or terminated (``%pool`` shows the session pool's).
+        Only in a Jupyter notebook: elsewhere use ``progress=True`` for a text bar per call.
+        """
+        self._check_running()
+        target = notebook_target()
+        if target is None:
+            raise RuntimeError(
+                "Pool.dashboard() needs a Jupyter notebook; outside one, pass progress=True to "
+                "a call for a text progress bar"
+            )
+        p = JobProgress(True, "widget", target, f"pool · {self._processes} workers")
+        assert self._engine is not None
+        self._engine.watch(p)
+        # Wait until it is on screen: the cell must not end first (a saved notebook would
+        # miss it). A frontend-less kernel renders it in milliseconds.
+        p.displayed.wait(FINAL_RENDER_WAIT_S)
+
     def __enter__(self) -> Pool:
         self._check_running()
         return self
@@ -284,14 +332,22 @@ class Pool:
 
     # ------------------------------------------------------------------ submission
 
-    def _submit(self, fn: Any, kind: str, source: Any, sink: Any, chunksize: int | None) -> None:
+    def _submit(
+        self, fn: Any, kind: str, source: Any, sink: Any, chunksize: int | None, progress: Any
+    ) -> None:
         self._check_running()
         if not callable(fn):
             raise TypeError(f"func must be callable, not {type(fn).__name__}")
+        mode = self._progress if progress is None else check_progress(progress)
         payload = dumps_fn(fn, self._serializer)  # pre-flight: fails here, in the caller
         job = Job(next(_job_ids), payload, kind, source, sink, chunksize)
         job.retries, job.task_timeout = self._retries, self._task_timeout
         job.output_target = notebook_target()
+        view = wants_view(mode, job.output_target is not None)
+        if view is not None:
+            name = getattr(fn, "__name__", None) or type(fn).__name__
+            title = describe_call(kind, name, source.length)
+            job.progress = sink._progress = JobProgress(mode, view, job.output_target, title)
         engine = self._engine
         assert engine is not None
         reason = KeyboardInterrupt(
@@ -308,11 +364,13 @@ class Pool:
         kwds: Mapping[str, Any] | None = None,
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
+        *,
+        progress: bool | str | None = None,
     ) -> ApplyResult:
         self._check_running()
         result = ApplyResult(callback, error_callback)
         item = (tuple(args), dict(kwds or {}))
-        self._submit(func, "apply", SequenceSource([item]), result, 1)
+        self._submit(func, "apply", SequenceSource([item]), result, 1, progress)
         return result
 
     def apply(
@@ -320,11 +378,13 @@ class Pool:
         func: Callable[..., Any],
         args: Iterable[Any] = (),
         kwds: Mapping[str, Any] | None = None,
+        *,
+        progress: bool | str | None = None,
     ) -> Any:
-        return self.apply_async(func, args, kwds).get()
+        return _wait(self.apply_async(func, args, kwds, progress=progress))
 
     def _map_async(
-        self, func, iterable, kind, chunksize, callback=None, error_callback=None
+        self, func, iterable, kind, chunksize, callback=None, error_callback=None, progress=None
     ) -> MapResult:
         self._check_running()
         _check_chunksize(chunksize)
@@ -335,36 +395,44 @@ class Pool:
         source = SequenceSource(iterable)
         result = MapResult(len(iterable), callback, error_callback)
         if len(iterable):
-            self._submit(func, kind, source, result, chunksize)
+            self._submit(func, kind, source, result, chunksize, progress)
         return result
 
-    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
-        return self._map_async(func, iterable, "map", chunksize, callback, error_callback)
+    def map_async(
+        self, func, iterable, chunksize=None, callback=None, error_callback=None, *, progress=None
+    ):
+        return self._map_async(func, iterable, "map", chunksize, callback, error_callback, progress)
 
-    def map(self, func, iterable, chunksize=None):
-        return self._map_async(func, iterable, "map", chunksize).get()
+    def map(self, func, iterable, chunksize=None, *, progress=None):
+        return _wait(self._map_async(func, iterable, "map", chunksize, progress=progress))
 
-    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None):
-        return self._map_async(func, iterable, "star", chunksize, callback, error_callback)
+    def starmap_async(
+        self, func, iterable, chunksize=None, callback=None, error_callback=None, *, progress=None
+    ):
+        return self._map_async(
+            func, iterable, "star", chunksize, callback, error_callback, progress
+        )
 
-    def starmap(self, func, iterable, chunksize=None):
-        return self._map_async(func, iterable, "star", chunksize).get()
+    def starmap(self, func, iterable, chunksize=None, *, progress=None):
+        return _wait(self._map_async(func, iterable, "star", chunksize, progress=progress))
 
-    def _imap(self, func, iterable, chunksize, result) -> Any:
+    def _imap(self, func, iterable, chunksize, result, progress) -> Any:
         self._check_running()
         _check_chunksize(chunksize)
         if isinstance(iterable, (list, tuple, range)):
             source: Any = SequenceSource(iterable)
         else:
             source = IteratorSource(iterable)
-        self._submit(func, "map", source, result, chunksize)
+        self._submit(func, "map", source, result, chunksize, progress)
         return result
 
-    def imap(self, func, iterable, chunksize=None) -> IMapIterator:
-        return self._imap(func, iterable, chunksize, IMapIterator())
+    def imap(self, func, iterable, chunksize=None, *, progress=None) -> IMapIterator:
+        return self._imap(func, iterable, chunksize, IMapIterator(), progress)
 
-    def imap_unordered(self, func, iterable, chunksize=None) -> IMapUnorderedIterator:
-        return self._imap(func, iterable, chunksize, IMapUnorderedIterator())
+    def imap_unordered(
+        self, func, iterable, chunksize=None, *, progress=None
+    ) -> IMapUnorderedIterator:
+        return self._imap(func, iterable, chunksize, IMapUnorderedIterator(), progress)
 
     def __del__(self) -> None:
         # As the stdlib: a running pool that is garbage collected warns (its finalizer then

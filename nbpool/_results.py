@@ -66,6 +66,7 @@ class ApplyResult:
         self._success = False
         self._value: Any = None
         self._canceller: Callable[[], None] | None = None  # set by the pool on submission
+        self._progress: Any = None  # its job's _progress.JobProgress, if it has a view
 
     def ready(self) -> bool:
         return self._event.is_set()

@@ -1,7 +1,8 @@
-"""Write notebooks/tour.ipynb (the tour is generated, never edited by hand).
+"""Write the notebooks of notebooks/ (generated, never edited by hand).
 
-Usage: ``.venv/bin/python tools/make_tour.py`` after changing a cell below. Each code cell has a
-stable id, which tests/notebooks/test_notebooks.py uses to find the outputs it checks.
+Usage: ``.venv/bin/python tools/make_tour.py`` after changing a cell below. It writes the tour
+(``tour.ipynb``) and one notebook per feature (``dashboard.ipynb``, ``magics.ipynb``). Each code
+cell has a stable id, which tests/notebooks/test_notebooks.py uses to find the outputs it checks.
 """
 
 from __future__ import annotations
@@ -51,6 +52,30 @@ def square(x):
 
 print(pool.map(square, range(10)))
 print(pool.map(lambda s: s.upper(), ["a", "b", "c"]))""",
+    ),
+    (
+        "md",
+        "md-dashboard",
+        """\
+## The live dashboard
+
+A call that runs longer than half a second shows a dashboard under its cell: an overall bar that
+counts items, items per second, ETA, and one row per worker with its PID, state, the item it is
+on (and its argument), how long it has been on it, items done, CPU and memory. When the call
+ends, it stays as a summary. `progress=False` turns it off, `progress=True` shows it at once.""",
+    ),
+    (
+        "code",
+        "dashboard",
+        """\
+import time
+
+def slow_square(x):
+    time.sleep(0.1)
+    return x * x
+
+squares = pool.map(slow_square, range(60))
+print("sum:", sum(squares))""",
     ),
     ("md", "md-closure", "## A closure: captured variables travel with the function"),
     (
@@ -256,6 +281,25 @@ with nbpool.Pool(2, task_timeout=1) as timed_pool:
             results.append(f"TaskTimeoutError at item {exc.index}")
 print(results)""",
     ),
+    (
+        "md",
+        "md-pmap",
+        """\
+## `%%pmap`: a cell body, once per item, in parallel
+
+`%load_ext nbpool` adds `%%pmap TARGET in EXPR`: the body runs once per item with `TARGET`
+bound, on the session pool (`%pool`), and the value of its last line is the item's result.""",
+    ),
+    ("code", "load-ext", "%load_ext nbpool"),
+    (
+        "code",
+        "pmap",
+        """\
+%%pmap word in ["alpha", "beta", "gamma"]
+word.upper() + "!"
+""",
+    ),
+    ("code", "pool-stop", "%pool stop"),
     ("md", "md-close", "## Close the pools"),
     (
         "code",
@@ -268,9 +312,198 @@ pool""",
 ]
 
 
-def build() -> nbformat.NotebookNode:
+DASHBOARD_CELLS: list[tuple[str, str, str]] = [
+    (
+        "md",
+        "intro",
+        """\
+# The live dashboard
+
+Every call on an `nbpool.Pool` can show a dashboard under its cell. `progress="auto"` (the
+default) shows it in a notebook for calls that last longer than half a second, so quick calls
+print nothing; `progress=True` shows it at once (a text bar outside notebooks); `progress=False`
+never. Set it for the pool (`nbpool.Pool(progress=...)`) or for one call (`pool.map(...,
+progress=...)`).
+
+A notebook viewer without widgets (GitHub, nbviewer) shows the final summary as a table.""",
+    ),
+    (
+        "code",
+        "setup",
+        """\
+import time
+
+import nbpool
+
+pool = nbpool.Pool(2)
+
+def work(x):
+    time.sleep(0.05)
+    return x * x""",
+    ),
+    ("md", "md-auto", "## A call longer than half a second: the dashboard appears"),
+    (
+        "code",
+        "auto",
+        """\
+squares = pool.map(work, range(60))
+print("sum:", sum(squares))""",
+    ),
+    ("md", "md-quick", "## A quick call shows nothing, unless you ask"),
+    (
+        "code",
+        "quick",
+        """\
+print(pool.map(work, range(4)))
+print(pool.map(work, range(4), progress=True))""",
+    ),
+    (
+        "md",
+        "md-failed",
+        """\
+## A failed item
+
+The dashboard counts failures and ends in the *failed* state; `imap` keeps the other results.""",
+    ),
+    (
+        "code",
+        "failed",
+        """\
+def picky(x):
+    time.sleep(0.02)
+    if x == 13:
+        raise ValueError("13 is unlucky")
+    return x
+
+results = []
+it = pool.imap(picky, range(40), progress=True)
+while True:
+    try:
+        results.append(next(it))
+    except StopIteration:
+        break
+    except ValueError as exc:
+        results.append(exc)
+print(len(results), "results,", sum(isinstance(r, Exception) for r in results), "failed")""",
+    ),
+    (
+        "md",
+        "md-async",
+        """\
+## Asynchronous calls
+
+`map_async` returns at once; its dashboard stays live in this cell while later cells run.""",
+    ),
+    ("code", "async", "pending = pool.map_async(work, range(40), progress=True)"),
+    ("code", "async-get", "print(len(pending.get(timeout=60)), 'results')"),
+    (
+        "md",
+        "md-pool",
+        """\
+## The whole pool
+
+`pool.dashboard()` shows every worker and every call of the pool until it is closed
+(`%pool` does this for the session pool of the magics).""",
+    ),
+    (
+        "code",
+        "pool-dashboard",
+        """\
+pool.dashboard()
+print(sum(pool.map(work, range(30), progress=False)))""",
+    ),
+    ("code", "close", "pool.close()\npool.join()"),
+]
+
+MAGICS_CELLS: list[tuple[str, str, str]] = [
+    (
+        "md",
+        "intro",
+        """\
+# `%%pmap` and `%pool`
+
+`%load_ext nbpool` registers two magics. `%%pmap TARGET in EXPR` runs the cell body once per item
+of `EXPR` in parallel, with `TARGET` bound (a name, or a tuple such as `a, b`); the value of the
+body's last line is that item's result, and the list of results is the cell's value. Notebook
+names the body reads are shipped to the workers by value; names it assigns stay local to the
+item. It runs on the session pool: started on first use, reused across cells, sized to the
+machine, stopped with the kernel. `%pool` shows and manages that pool.""",
+    ),
+    ("code", "load", "%load_ext nbpool"),
+    (
+        "code",
+        "basic",
+        """\
+%%pmap x in range(8)
+x * x""",
+    ),
+    ("md", "md-names", "Notebook names are read by value; `-o NAME` stores the results."),
+    (
+        "code",
+        "names",
+        """\
+import time
+
+OFFSET = 100
+
+def slow_add(a, b):
+    time.sleep(0.05)
+    return a + b + OFFSET""",
+    ),
+    (
+        "code",
+        "tuple-target",
+        """\
+%%pmap -o sums a, b in [(1, 2), (3, 4), (5, 6)]
+total = slow_add(a, b)
+total""",
+    ),
+    ("code", "show-sums", "print(sums)"),
+    (
+        "md",
+        "md-progress",
+        """\
+A long `%%pmap` shows the dashboard (`--no-progress` hides it, `--progress` forces it).""",
+    ),
+    (
+        "code",
+        "long",
+        """\
+%%pmap -o waited --progress i in range(30)
+time.sleep(0.05)
+i""",
+    ),
+    (
+        "md",
+        "md-errors",
+        """\
+## A failing item does not lose the others
+
+The cell shows the failing item's error, with the remote traceback; every result, with the
+exception in place of each failed item, is kept in `NAME` (or `_pmap`).""",
+    ),
+    (
+        "code",
+        "errors",
+        """\
+try:
+    get_ipython().run_cell_magic("pmap", "-o partial n in [1, 2, 0, 4]", "10 // n")
+except ZeroDivisionError as exc:
+    print("raised:", type(exc).__name__)
+print(partial)""",
+    ),
+    ("md", "md-pool", "## `%pool`: status, restart, stop"),
+    ("code", "status", "%pool status"),
+    ("code", "restart", "%pool restart -n 2"),
+    ("code", "stop", "%pool stop"),
+]
+
+NOTEBOOKS = {"tour": CELLS, "dashboard": DASHBOARD_CELLS, "magics": MAGICS_CELLS}
+
+
+def build(name: str = "tour") -> nbformat.NotebookNode:
     cells = []
-    for kind, cell_id, source in CELLS:
+    for kind, cell_id, source in NOTEBOOKS[name]:
         make = new_markdown_cell if kind == "md" else new_code_cell
         cells.append(make(source, id=cell_id))
     nb = new_notebook(cells=cells)
@@ -285,10 +518,12 @@ def build() -> nbformat.NotebookNode:
 
 
 def main() -> int:
-    out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else TOUR
-    out.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(build(), out)
-    print(f"wrote {out}")
+    folder = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else TOUR.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in NOTEBOOKS:
+        out = folder / f"{name}.ipynb"
+        nbformat.write(build(name), out)
+        print(f"wrote {out}")
     return 0
 
 

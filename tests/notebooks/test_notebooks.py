@@ -105,21 +105,46 @@ def cell_text(nb: nbformat.NotebookNode, cell_id: str) -> str:
     return "".join(parts)
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def dashboards(nb: nbformat.NotebookNode, cell_id: str) -> list[dict]:
+    """The saved final snapshot of each dashboard a cell shows (from the notebook's widget
+    state), checking that its output also carries the plain-text and HTML fallbacks."""
+    states = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    (cell,) = [c for c in nb.cells if c.get("id") == cell_id]
+    found = []
+    for out in cell.outputs:
+        data = out.get("data", {})
+        if WIDGET_VIEW not in data:
+            continue
+        model = states[data[WIDGET_VIEW]["model_id"]]
+        assert model["model_name"] == "AnyModel", model["model_name"]
+        snap = model["state"]["snapshot"]
+        assert snap["state"] in data["text/plain"] and snap["title"] in data["text/plain"]
+        assert "nbpool" in data["text/html"]
+        found.append(snap)
+    return found
+
+
 def test_there_are_notebooks():
     assert NOTEBOOKS, f"no notebooks found in {NOTEBOOKS_DIR}"
 
 
-def test_tour_is_generated_by_make_tour():
-    """notebooks/tour.ipynb is what tools/make_tour.py writes: edit the script, not the file."""
+def test_notebooks_are_generated_by_make_tour():
+    """notebooks/*.ipynb are what tools/make_tour.py writes: edit the script, not the files."""
     spec = importlib.util.spec_from_file_location("make_tour", MAKE_TOUR)
     assert spec is not None and spec.loader is not None
     make_tour = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_tour)
-    expected = nbformat.writes(make_tour.build())
-    actual = (NOTEBOOKS_DIR / "tour.ipynb").read_text(encoding="utf-8")
-    assert actual.rstrip("\n") == expected.rstrip("\n"), (
-        "notebooks/tour.ipynb is out of date: run `.venv/bin/python tools/make_tour.py`"
-    )
+    assert sorted(f"{name}.ipynb" for name in make_tour.NOTEBOOKS) == [p.name for p in NOTEBOOKS]
+    for name in make_tour.NOTEBOOKS:
+        expected = nbformat.writes(make_tour.build(name))
+        actual = (NOTEBOOKS_DIR / f"{name}.ipynb").read_text(encoding="utf-8")
+        assert actual.rstrip("\n") == expected.rstrip("\n"), (
+            f"notebooks/{name}.ipynb is out of date: run `.venv/bin/python tools/make_tour.py`"
+        )
 
 
 @pytest.mark.kernel
@@ -246,3 +271,71 @@ def test_run_notebook_tool_fails_on_error(jupyter_env, tmp_path):
     assert "never printed" not in proc.stdout
     assert "FAILED" in proc.stderr
     assert not os.path.exists(tmp_path / "broken.nbconvert.ipynb")
+
+
+@pytest.mark.kernel
+def test_tour_dashboard_is_saved_in_its_final_state(tour):
+    (snap,) = dashboards(tour, "dashboard")
+    assert snap["state"] == "finished"
+    assert snap["done"] == snap["total"] == 60 and snap["failed"] == 0
+    assert len(snap["workers"]) == 2 and all(w["pid"] for w in snap["workers"])
+    assert sum(w["done"] for w in snap["workers"]) == 60
+    assert "sum: 70210" in cell_text(tour, "dashboard")
+    assert dashboards(tour, "functions") == []  # quick calls show nothing
+
+
+@pytest.mark.kernel
+def test_tour_pmap(tour):
+    assert "['ALPHA!', 'BETA!', 'GAMMA!']" in cell_text(tour, "pmap")
+    assert "stopped" in cell_text(tour, "pool-stop")
+
+
+@pytest.fixture(scope="module")
+def dashboard_nb(tmp_path_factory) -> nbformat.NotebookNode:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        env = isolate(tmp_path_factory.mktemp("dashboard"), monkeypatch)
+        return execute(NOTEBOOKS_DIR / "dashboard.ipynb", env)
+
+
+@pytest.mark.kernel
+def test_dashboard_notebook_auto_and_quick(dashboard_nb):
+    (snap,) = dashboards(dashboard_nb, "auto")
+    assert snap["state"] == "finished" and snap["done"] == 60
+    assert snap["title"] == "map(work) · 60 items"
+    (forced,) = dashboards(dashboard_nb, "quick")  # only the progress=True call shows one
+    assert forced["state"] == "finished" and forced["done"] == forced["total"] == 4
+
+
+@pytest.mark.kernel
+def test_dashboard_notebook_failed_state(dashboard_nb):
+    (snap,) = dashboards(dashboard_nb, "failed")
+    assert snap["state"] == "failed" and snap["failed"] == 1 and snap["done"] == 40
+    assert "40 results, 1 failed" in cell_text(dashboard_nb, "failed")
+
+
+@pytest.mark.kernel
+def test_dashboard_notebook_pool_view(dashboard_nb):
+    (snap,) = dashboards(dashboard_nb, "pool-dashboard")
+    assert snap["title"] == "pool · 2 workers"
+    assert len(snap["workers"]) == 2
+
+
+@pytest.fixture(scope="module")
+def magics_nb(tmp_path_factory) -> nbformat.NotebookNode:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        env = isolate(tmp_path_factory.mktemp("magics"), monkeypatch)
+        return execute(NOTEBOOKS_DIR / "magics.ipynb", env)
+
+
+@pytest.mark.kernel
+def test_magics_notebook(magics_nb):
+    assert "[0, 1, 4, 9, 16, 25, 36, 49]" in cell_text(magics_nb, "basic")
+    assert cell_text(magics_nb, "tuple-target") == ""  # -o: stored, not shown
+    assert "[103, 107, 111]" in cell_text(magics_nb, "show-sums")
+    (snap,) = dashboards(magics_nb, "long")
+    assert snap["state"] == "finished" and snap["done"] == 30
+    text = cell_text(magics_nb, "errors")
+    assert "1 of 4 items failed" in text and "raised: ZeroDivisionError" in text
+    assert "[10, 5, ZeroDivisionError(" in text
+    assert "2 workers" in cell_text(magics_nb, "status")
+    assert "stopped" in cell_text(magics_nb, "stop")

@@ -1,0 +1,283 @@
+"""Progress: a model the dispatcher keeps, turned into snapshots that views render.
+
+::
+
+  dispatcher thread                                     view thread (_views)
+  ─────────────────                                     ────────────────────
+  Job.deliver() counts items (done, failed, per worker)
+  worker slots say which item each worker is on
+  every TICK_S, while some job wants progress:
+    snapshot (a plain JSON-able dict)  ── mailbox ──►   adds CPU % and RSS (psutil),
+  when a job ends: its final snapshot ──┘              renders: dashboard widget (notebook)
+                                                        or tqdm bar (terminal); sets
+                                                        JobProgress.rendered after the last
+
+The model is the dispatcher's own bookkeeping: nothing extra is recorded per item, so the
+cost per item is nil and the cost per tick is one pass over the workers. Views never touch the
+dispatcher's state and the dispatcher never waits on a view: a slow frontend cannot slow the
+pool. Within a chunk, items are counted from the worker's shared slot (the index it is on).
+
+``progress="auto"`` (the default) shows the dashboard only in a notebook and only once a call
+has run ``AUTO_AFTER_S``: a quick call prints nothing and pays nothing. ``True`` shows it at
+once (a text bar outside notebooks); ``False`` never.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ._engine_state import EngineState
+from ._protocol import STAGE_LOADING, STAGE_PICKLING
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._jobs import Job
+    from ._procs import Worker
+
+TICK_S = 0.1  # at most ~10 view updates a second, whatever the item rate
+AUTO_AFTER_S = 0.5
+RESTART_SHOWN_S = 1.0  # a replaced worker's row says "restarting" at least this long
+FINAL_RENDER_WAIT_S = 2.0  # a blocking call waits this long at most for the final render
+
+
+def check_progress(value: Any) -> Any:
+    """``"auto"``, ``True`` or ``False``; anything else is a clear error."""
+    if value is True or value is False or value == "auto":
+        return value
+    raise ValueError(f"progress must be 'auto', True or False, not {value!r}")
+
+
+class JobProgress:
+    """A job's progress settings and view state (dispatcher-owned, but ``rendered``)."""
+
+    def __init__(self, mode: Any, view: str, target: Any, title: str) -> None:
+        self.mode = mode  # "auto" | True
+        self.view = view  # "widget" | "text"
+        self.target = target  # (kernel, parent header) of the submitting cell, or None
+        self.title = title
+        self.t0 = time.monotonic()
+        self.shown = False
+        self.final_state: str | None = None
+        self.interrupted: dict[int, dict[str, Any]] = {}  # worker id -> its row when stopped
+        # Set once the final snapshot is rendered (or when there is nothing to render): a
+        # blocking call waits for it, so the saved notebook holds the final dashboard.
+        self.rendered = threading.Event()
+        self.displayed = threading.Event()  # set once its view is shown (``%pool`` waits)
+
+
+def wants_view(mode: Any, in_notebook: bool) -> str | None:
+    """Which view a call gets: ``"widget"``, ``"text"`` or None."""
+    if mode is False:
+        return None
+    if in_notebook:
+        return "widget"
+    return "text" if mode is True else None
+
+
+def describe_call(kind: str, fn_name: str, length: int | None) -> str:
+    call = {"apply": "apply", "star": "starmap"}.get(kind, "map")
+    if kind == "apply":
+        return f"{call}({fn_name})"
+    items = f"{length:,} items" if length is not None else "streamed items"
+    return f"{call}({fn_name}) · {items}"
+
+
+def format_arg(kind: str, item: Any) -> str:
+    """A short, readable repr of one item's arguments (for the worker rows).
+
+    ``reprlib`` stops early on big containers: a row must not cost a full repr of a long list.
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = 60
+    try:
+        if kind == "apply":
+            args, kwds = item
+            text = ", ".join([*map(r.repr, args), *(f"{k}={r.repr(v)}" for k, v in kwds.items())])
+        elif kind == "star" and isinstance(item, tuple):
+            text = ", ".join(map(r.repr, item))
+        else:
+            text = r.repr(item)
+    except Exception as exc:  # a broken __repr__ must not take the dispatcher down
+        text = f"<{type(item).__name__} (repr failed: {exc!r})>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class ProgressMixin(EngineState):
+    """The dispatcher's side of progress (a mixin of ``_dispatcher.Engine``)."""
+
+    _views: Any  # _views.ViewThread, started on first use
+    _tick_gen: int
+    _tick_due: float | None
+    _pool_view: JobProgress | None  # the %pool dashboard: every worker, every job
+
+    def _progress_submitted(self, job: Job) -> None:
+        if job.progress is not None:
+            self._start_ticking(0 if job.progress.mode is True else TICK_S)
+        elif self._pool_view is not None and self._pool_view.final_state is None:
+            self._start_ticking(TICK_S)  # the pool dashboard goes from 1 update/s to 10
+
+    def _watch(self, p: JobProgress) -> None:
+        """Show a pool-wide dashboard (``%pool``) until the pool ends."""
+        if self._pool_view is not None:  # one at a time: the previous one stops updating
+            self._pool_view.final_state = "replaced"
+        p.shown = True
+        self._pool_view = p
+        self._start_ticking(0)
+
+    def _start_ticking(self, delay: float) -> None:
+        """Tick within ``delay`` s from now. A tick already due later is superseded: each tick
+        carries a generation number, and only the newest chain goes on."""
+        due = time.monotonic() + delay
+        if self._tick_due is not None and self._tick_due <= due:
+            return
+        self._tick_gen += 1
+        self._tick_due = due
+        gen = self._tick_gen
+        self._timers.call_later(delay, lambda: self._tick(gen))
+
+    def _tick(self, gen: int) -> None:
+        if gen != self._tick_gen:
+            return
+        self._tick_due = None
+        now = time.monotonic()
+        live = False
+        for job in list(self._jobs.values()):
+            p = job.progress
+            if p is None or p.final_state is not None:
+                continue
+            live = True
+            if not p.shown and (p.mode is True or now - p.t0 >= AUTO_AFTER_S):
+                p.shown = True
+            if p.shown:
+                self._post(0 - job.id, p, self._snapshot(job, now, "running"), final=False)
+        pv = self._pool_view
+        watched = pv is not None and pv.final_state is None
+        if watched:
+            assert pv is not None
+            self._post(0, pv, self._snapshot(None, now, "running" if self._jobs else "idle"))
+        if not self._terminating and (live or watched):
+            # A pool dashboard with nothing to run only refreshes CPU and memory, once a second.
+            self._start_ticking(TICK_S if live or self._jobs else 1.0)
+
+    def _progress_ended(self, job: Job | None, state: str) -> None:
+        """The job (or, for None, the pool) is over: render its final snapshot."""
+        p = job.progress if job is not None else self._pool_view
+        if p is None or p.final_state is not None:
+            return
+        p.final_state = state
+        if not p.shown:
+            p.rendered.set()
+            return
+        key = 0 if job is None else -job.id
+        self._post(key, p, self._snapshot(job, time.monotonic(), state), final=True)
+
+    def _post(self, key: int, p: JobProgress, snap: dict[str, Any], final: bool = False) -> None:
+        if self._views is None:
+            from ._views import ViewThread
+
+            self._views = ViewThread()
+        self._views.post(key, p, snap, final)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _snapshot(self, job: Job | None, now: float, state: str) -> dict[str, Any]:
+        p = job.progress if job is not None else self._pool_view
+        assert p is not None
+        rows = [self._row(job, wid, w, now) for wid, w in enumerate(self._slots)]
+        in_chunk = sum(r.pop("_in_chunk") for r in rows)
+        elapsed = now - p.t0
+        total: int | None = None
+        note = ""
+        if job is not None:
+            done, failed = job.delivered + in_chunk, job.failed
+            total = job.source.length
+            if total is None and job.source.exhausted:
+                total = job.source.pos
+        else:  # the pool: everything since it started
+            done, failed = sum(self._slot_done) + in_chunk, self._failed_total
+            running = len(self._jobs)
+            note = f"{running} call{'s' if running != 1 else ''} running" if running else ""
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if total is not None and rate > 0 else None
+        if state == "interrupted":
+            note = "interrupted: queued items were dropped and running ones stopped"
+            for r in rows:
+                stopped = p.interrupted.get(r["id"])
+                if stopped is not None:
+                    r.update(stopped, state="interrupted")
+        elif state not in ("running", "idle"):
+            for r in rows:
+                if r["state"] not in ("dead", "starting", "restarting"):
+                    r.update(state="done" if job else "dead", item=None, arg="", item_s=None)
+        return {
+            "v": 1,
+            "title": p.title,
+            "state": state,
+            "total": total,
+            "done": done,
+            "failed": failed,
+            "elapsed": round(elapsed, 3),
+            "rate": round(rate, 2),
+            "eta": None if eta is None else round(eta, 2),
+            "note": note,
+            "workers": rows,
+        }
+
+    def _row(self, job: Job | None, wid: int, w: Worker | None, now: float) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "id": wid,
+            "pid": None,
+            "host": "",
+            "state": "restarting",
+            "item": None,
+            "arg": "",
+            "item_s": None,
+            "done": job.by_worker.get(wid, 0) if job is not None else self._slot_done[wid],
+            "cpu": None,
+            "rss": None,
+            "note": "",
+            "_in_chunk": 0,
+        }
+        if w is None:
+            row["state"] = "dead" if self._closing or self._terminating else "restarting"
+            row["note"] = self._restarted_at.get(wid, (0.0, ""))[1]
+            return row
+        row["pid"] = w.pid
+        when, why = self._restarted_at.get(wid, (-1e9, ""))
+        if now - when < RESTART_SHOWN_S:
+            row.update(state="restarting", note=why)
+            return row
+        if not w.ready:
+            row["state"] = "starting"
+            return row
+        running = w.running()
+        if running is None:
+            row["state"] = "idle"
+            return row
+        chunk, stage = running
+        row["state"] = "busy"
+        if job is not None and chunk.job is not job:
+            row["note"] = f"on another call (job {chunk.job.id})"
+            return row
+        if stage >= 0:
+            k = stage - chunk.start
+            row["_in_chunk"] = k
+            row["done"] += k
+            row["item"] = stage
+            if w.seen_item != (chunk.job.id, stage):  # a new item: when it started, its repr
+                arg = format_arg(chunk.job.kind, chunk.items[k]) if 0 <= k < chunk.count else ""
+                w.seen_item, w.seen_at, w.seen_arg = (chunk.job.id, stage), now, arg
+            row["item_s"] = round(now - w.seen_at, 2)
+            row["arg"] = w.seen_arg
+        elif stage == STAGE_LOADING:
+            row.update(item=chunk.start, note="loading")
+        elif stage == STAGE_PICKLING:
+            row.update(item=chunk.start + chunk.count - 1, note="sending results")
+        else:
+            row.update(item=chunk.start)
+        return row

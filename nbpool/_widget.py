@@ -1,0 +1,215 @@
+"""The dashboard widget (anywidget; its ES module and CSS are ``js/dashboard.*``).
+
+One synced trait, ``snapshot``: the JSON dict that ``_progress`` builds (schema in
+``docs/architecture.md``). Every update assigns a new dict: traitlets sends nothing for an
+in-place change.
+
+Each output also carries ``text/plain`` and ``text/html`` renderings of the snapshot, so a
+viewer without widgets (nbviewer, GitHub, a terminal client, a notebook saved without widget
+state) shows the run's final summary; when the run ends, the output is updated (by its
+display id) with the final state.
+
+Which cell: the ``display_data`` that places the dashboard carries the submitting cell's
+parent header, so the dashboard appears under that cell even if later cells have run since
+(frontends keep a cell's request alive until the cell runs again). Everything after that names
+the cell running *now* (ipykernel's default for a thread): comm messages reach the widget
+whatever cell they name, and the final ``update_display_data`` finds the output by its display
+id in any cell; naming the running cell is what lets nbclient (which listens to one cell at a
+time) save the final state of an asynchronous call's dashboard too.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import uuid
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def asset(name: str) -> str:
+    """Path of a file of ``js/``: ``nbpool/js/`` in a wheel, the top folder in a checkout."""
+    for folder in (os.path.join(_HERE, "js"), os.path.join(os.path.dirname(_HERE), "js")):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"nbpool's dashboard file {name} is missing; reinstall nbpool")
+
+
+_Dashboard: Any = None
+
+
+def dashboard_class() -> Any:
+    """The widget class, built on first use so that ``import nbpool`` never imports widgets."""
+    global _Dashboard
+    if _Dashboard is None:
+        import pathlib
+
+        import anywidget
+        import traitlets
+
+        class Dashboard(anywidget.AnyWidget):
+            """nbpool's live dashboard: a progress bar and one row per worker."""
+
+            _esm = pathlib.Path(asset("dashboard.js"))
+            _css = pathlib.Path(asset("dashboard.css"))
+            snapshot = traitlets.Dict().tag(sync=True)
+
+            def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+                return bundle(self)
+
+        _Dashboard = Dashboard
+    return _Dashboard
+
+
+def bundle(widget: Any) -> dict[str, Any]:
+    snap = widget.snapshot
+    return {
+        "application/vnd.jupyter.widget-view+json": {
+            "version_major": 2,
+            "version_minor": 0,
+            "model_id": widget.model_id,
+        },
+        "text/plain": render_text(snap),
+        "text/html": render_html(snap),
+    }
+
+
+class NotebookDashboard:
+    """A dashboard shown under the cell that submitted a job (used by the view thread)."""
+
+    def __init__(self, target: Any, snap: dict[str, Any]) -> None:
+        self.kernel, parent = target
+        self.widget = dashboard_class()(snapshot=snap)
+        self.display_id = uuid.uuid4().hex
+        self._send("display_data", bundle(self.widget), parent)
+
+    def update(self, snap: dict[str, Any]) -> None:
+        self.widget.snapshot = snap
+
+    def close(self, snap: dict[str, Any]) -> None:
+        self.update(snap)
+        # The final state also goes into the output itself: the fallbacks then show the
+        # summary, and a notebook saved without widget state still says how the run ended.
+        self._send("update_display_data", bundle(self.widget), self.kernel.get_parent())
+
+    def _send(self, msg_type: str, data: dict[str, Any], parent: Any) -> None:
+        content = {"data": data, "metadata": {}, "transient": {"display_id": self.display_id}}
+        self.kernel.session.send(
+            self.kernel.iopub_socket, msg_type, content, parent=parent, ident=b"display_data"
+        )
+
+
+# ----------------------------------------------------------------------------- fallbacks
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n:.1f} TB"
+
+
+def summary_line(snap: dict[str, Any]) -> str:
+    total = snap["total"]
+    done = f"{snap['done']:,}"
+    count = f"{done} / {total:,} items" if total is not None else f"{done} items"
+    parts = [count, f"{snap['rate']:,.1f} items/s", f"elapsed {fmt_seconds(snap['elapsed'])}"]
+    if snap["state"] == "running" and snap["eta"] is not None:
+        parts.insert(2, f"ETA {fmt_seconds(snap['eta'])}")
+    if snap["failed"]:
+        parts.append(f"{snap['failed']:,} failed")
+    return " · ".join(parts)
+
+
+def _item(row: dict[str, Any]) -> str:
+    if row["item"] is None:
+        return ""
+    return f"#{row['item']} {row['arg']}".rstrip()
+
+
+def render_text(snap: dict[str, Any]) -> str:
+    if not snap:
+        return "nbpool dashboard"
+    lines = [f"nbpool · {snap['title']} · {snap['state']}", summary_line(snap)]
+    if snap.get("note"):
+        lines.append(snap["note"])
+    for r in snap["workers"]:
+        pid = r["pid"] if r["pid"] is not None else "-"
+        line = f"  w{r['id']:<3} pid {pid:<8} {r['state']:<12} {r['done']:>7,} done  {_item(r)}"
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+_COLOURS = {
+    "running": "#0969da",
+    "finished": "#1a7f37",
+    "failed": "#cf222e",
+    "interrupted": "#bc4c00",
+    "idle": "#6e7781",
+    "stopped": "#6e7781",
+    "busy": "#0969da",
+    "done": "#1a7f37",
+    "dead": "#cf222e",
+    "starting": "#8250df",
+    "restarting": "#8250df",
+}
+
+
+def render_html(snap: dict[str, Any]) -> str:
+    """A static table: what a viewer without widgets shows (inline styles: no CSS file)."""
+    if not snap:
+        return "<div>nbpool dashboard</div>"
+    e = html.escape
+    state = snap["state"]
+    total = snap["total"]
+    pct = 100.0 * snap["done"] / total if total else (100.0 if state == "finished" else 0.0)
+    colour = _COLOURS.get(state, "#6e7781")
+    cell = "padding:2px 10px;text-align:left;border-bottom:1px solid #d0d7de"
+    rows = []
+    for r in snap["workers"]:
+        c = _COLOURS.get(r["state"], "#6e7781")
+        rows.append(
+            "<tr>"
+            f"<td style='{cell}'>w{r['id']}</td>"
+            f"<td style='{cell}'>{'' if r['pid'] is None else r['pid']}</td>"
+            f"<td style='{cell};color:{c}'>● {e(r['state'])}</td>"
+            f"<td style='{cell};font-family:monospace'>{e(_item(r))}</td>"
+            f"<td style='{cell};text-align:right'>{r['done']:,}</td>"
+            f"<td style='{cell};text-align:right'>{fmt_bytes(r['rss'])}</td>"
+            "</tr>"
+        )
+    head = "".join(
+        f"<th style='{cell}'>{h}</th>" for h in ("Worker", "PID", "State", "Item", "Done", "RSS")
+    )
+    note = f"<div style='color:#59636e'>{e(snap['note'])}</div>" if snap.get("note") else ""
+    return (
+        "<div class='nbpool-static' style='font-family:system-ui,sans-serif;font-size:13px'>"
+        f"<div><b>nbpool</b> · {e(snap['title'])} "
+        f"<span style='color:#fff;background:{colour};border-radius:9px;padding:0 8px'>"
+        f"{e(state)}</span></div>"
+        "<div style='background:#eaeef2;border-radius:4px;height:6px;margin:4px 0;width:100%'>"
+        f"<div style='background:{colour};height:6px;border-radius:4px;width:{pct:.1f}%'></div>"
+        f"</div><div>{e(summary_line(snap))}</div>{note}"
+        f"<table style='border-collapse:collapse;margin-top:4px'><tr>{head}</tr>"
+        f"{''.join(rows)}</table></div>"
+    )
