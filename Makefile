@@ -10,7 +10,7 @@ PY310 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.10*/bin/python3.10))
 PY313 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3.13))
 PIP_FLAGS := -q --disable-pip-version-check
 
-.PHONY: test tour lint typecheck unit smoke bench clean
+.PHONY: test tour lint typecheck unit smoke bench clean browser-deps
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,18 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-unit: $(BIN)/.installed
+unit: $(BIN)/.installed browser-deps
 	$(BIN)/pytest
+
+# The browser tests (tests/browser) drive Debian's Chromium through Playwright. We install the
+# distribution's package rather than `playwright install`, which downloads its own browser build.
+# Not root and no sudo: nothing is installed, and the browser tests skip themselves.
+browser-deps:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null; then SUDO=sudo; \
+	  else echo "chromium not found and not root: the browser tests will be skipped"; exit 0; fi; \
+	  $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
 # A quick smoke run of the core on the oldest and newest supported Pythons.
 .venv-%/.installed: pyproject.toml
@@ -48,6 +58,7 @@ tour: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/dashboard.py
 
 clean:
 	rm -rf $(VENV) .venv-310 .venv-313 .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,9 @@
                                           · pidfds     ◄── (process exit)
                                           · stdout/err ◄── lines ──► [w1 pid 4711] ...
                                           timers: task_timeout, memory check, cancel grace,
-                                                  partial output lines
+                                                  partial output lines, progress tick
+                                          progress tick (_progress): snapshot ──► view thread
+                                            (_views: widget / tqdm, never waited on)
                                           schedule: an idle worker pulls the next chunk
                                             ─── RunChunk (+ pickled items) ──────────────►
                                           fill result objects, run callbacks
@@ -20,11 +22,11 @@
                                           shared slot, fail (or retry) that item, requeue the
                                           rest, respawn it
 
-The thread's code is this module (loop, commands, spawning, scheduling) and two mixins of
-``Engine``: ``_inbox`` (messages and output from workers) and ``_faults`` (cancel, timeouts,
-memory limits, dead workers). Everything that touches a socket, a process or a Job happens in
-this thread, so none of that state needs a lock; caller threads only append to ``_commands``
-and write a byte to the wake pipe.
+The thread's code is this module (loop, commands, spawning, scheduling) and three mixins of
+``Engine``: ``_inbox`` (messages and output from workers), ``_faults`` (cancel, timeouts,
+memory limits, dead workers) and ``_progress`` (snapshots for the dashboard). Everything that
+touches a socket, a process or a Job happens in this thread, so none of that state needs a lock;
+caller threads only append to ``_commands`` and write a byte to the wake pipe.
 A worker's death is seen in the same ``select()`` as its results: its socket reaches EOF and its
 pidfd becomes readable. No polling loop, no sleep: ``select()`` wakes for I/O or the next timer.
 """
@@ -69,6 +71,9 @@ if TYPE_CHECKING:
 PREFETCH_MAX_BYTES = 256 * 1024
 # Items faster than this are not tracked one by one (the slot write would cost more than them).
 TRACK_MIN_ITEM_S = 5e-6
+# Items at least this slow also get their start time in the slot (~50 ns more an item): the
+# dashboard then shows exactly how long a worker has been on its item.
+TIME_MIN_ITEM_S = 1e-3
 
 # Engines alive in this process, terminated at interpreter exit.
 _LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -361,11 +366,13 @@ class Engine(InboxMixin, FaultsMixin, ProgressMixin):
             self._timers.call_later(job.task_timeout, lambda: self._check_timeout(w))
         elif job.est is not None and job.est < TRACK_MIN_ITEM_S:
             track = TRACK_NONE
-        else:
+        elif job.est is not None and job.est < TIME_MIN_ITEM_S:
             track = TRACK_INDEX
+        else:  # slow items, or not measured yet (probe chunks are small)
+            track = TRACK_TIME
         payload = self._fn_for(job, w)
         job.next_chunk_id += 1
-        chunk = Chunk(job, job.next_chunk_id, start, items)
+        chunk = Chunk(job, job.next_chunk_id, start, items, track)
         msg = RunChunk(
             job.id, chunk.chunk_id, start, len(items), job.kind, payload, job.fn.digest, track
         )

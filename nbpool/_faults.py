@@ -66,7 +66,7 @@ class FaultsMixin(EngineState):
     def _stopper(w: Worker, key: tuple[int, int]) -> Any:
         def stop() -> None:
             if key in w.inflight:
-                w.kill()
+                w.kill(note="stopped by interrupt")
 
         return stop
 
@@ -147,7 +147,10 @@ class FaultsMixin(EngineState):
         running = w.running()
         code = w.reap()
         if not w.retiring:
-            self._restarted_at[w.wid] = (time.monotonic(), f"replaced: {describe_exit(code)}")
+            why = w.kill_note or (
+                type(w.kill_reason).__name__ if w.kill_reason is not None else describe_exit(code)
+            )
+            self._restarted_at[w.wid] = (time.monotonic(), f"replaced: {why}")
         if not w.ready and not w.retiring:
             self._startup_failures[w.wid] += 1
         if self._slots[w.wid] is w:

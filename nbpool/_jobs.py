@@ -175,10 +175,11 @@ class Job:
 class Chunk:
     """Items of a job sent to a worker; kept until they are back (resent if the worker dies)."""
 
-    __slots__ = ("chunk_id", "items", "job", "start")
+    __slots__ = ("chunk_id", "items", "job", "start", "track")
 
-    def __init__(self, job: Job, chunk_id: int, start: int, items: Any) -> None:
+    def __init__(self, job: Job, chunk_id: int, start: int, items: Any, track: int = 1) -> None:
         self.job, self.chunk_id, self.start, self.items = job, chunk_id, start, items
+        self.track = track  # _protocol.TRACK_*: what the worker writes in its slot
 
     @property
     def count(self) -> int:

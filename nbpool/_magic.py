@@ -131,6 +131,7 @@ def _cell_function(target: str, body: str, ns: dict[str, Any]) -> Any:
 
 
 def pmap(line: str, cell: str, ns: dict[str, Any]) -> Any:
+    __tracebackhide__ = True  # IPython shows the item's error, not the magic's frames
     options, rest = _split_options(line)
     args = _pmap_parser().parse_args(options)
     target, expr = _split_target(rest)
@@ -202,6 +203,7 @@ def pool_magic(line: str) -> Any:
 
 def load_ipython_extension(ip: Any) -> None:
     def _pmap(line: str, cell: str) -> Any:
+        __tracebackhide__ = True
         return pmap(line, cell, ip.user_ns)
 
     def _pool(line: str) -> Any:

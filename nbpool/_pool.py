@@ -140,20 +140,23 @@ def _wait(result: Any) -> Any:
     """``result.get()`` for the blocking methods; if a dashboard was shown, also wait (briefly)
     until its final state is rendered, so that it is in the cell's output when the cell ends
     (what a saved notebook keeps). Not after an interrupt: that must return at once."""
+    __tracebackhide__ = True
     try:
         value = result.get()
     except KeyboardInterrupt:
         raise
     except BaseException:
-        _await_render(result)
+        # A failed map raises at its first failure while its other items still run: raise
+        # now rather than wait for them; the dashboard goes on to its final state by itself.
+        _await_render(result, only_if_over=True)
         raise
     _await_render(result)
     return value
 
 
-def _await_render(result: Any) -> None:
+def _await_render(result: Any, only_if_over: bool = False) -> None:
     p = result._progress
-    if p is not None:
+    if p is not None and (p.final_state is not None or not only_if_over):
         p.rendered.wait(FINAL_RENDER_WAIT_S)
 
 
@@ -381,6 +384,7 @@ class Pool:
         *,
         progress: bool | str | None = None,
     ) -> Any:
+        __tracebackhide__ = True
         return _wait(self.apply_async(func, args, kwds, progress=progress))
 
     def _map_async(
@@ -388,6 +392,8 @@ class Pool:
     ) -> MapResult:
         self._check_running()
         _check_chunksize(chunksize)
+        if progress is not None:  # checked here too: an empty input submits nothing
+            check_progress(progress)
         if not isinstance(iterable, (list, tuple, range)):
             # As the stdlib does, take it all now: the iterable's own errors surface here, and
             # a dict maps over its keys, a set over its members.
@@ -404,6 +410,7 @@ class Pool:
         return self._map_async(func, iterable, "map", chunksize, callback, error_callback, progress)
 
     def map(self, func, iterable, chunksize=None, *, progress=None):
+        __tracebackhide__ = True
         return _wait(self._map_async(func, iterable, "map", chunksize, progress=progress))
 
     def starmap_async(
@@ -414,6 +421,7 @@ class Pool:
         )
 
     def starmap(self, func, iterable, chunksize=None, *, progress=None):
+        __tracebackhide__ = True
         return _wait(self._map_async(func, iterable, "star", chunksize, progress=progress))
 
     def _imap(self, func, iterable, chunksize, result, progress) -> Any:

@@ -92,6 +92,7 @@ class Worker:
         self.retiring = False
         self.dead = False
         self.kill_reason: BaseException | None = None  # set when we kill it on purpose
+        self.kill_note = ""  # why we killed it, for its dashboard row ("stopped by interrupt")
         self.inflight: dict[tuple[int, int], Any] = {}  # (job, chunk) -> Chunk, in send order
         self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.globals: dict[str, bytes] = {}  # mirror of the worker's _serialize._APPLIED
@@ -112,9 +113,11 @@ class Worker:
             return chunk, self.slot[2]
         return chunk, STAGE_IDLE  # not started on it yet
 
-    def kill(self, reason: BaseException | None = None) -> None:
+    def kill(self, reason: BaseException | None = None, note: str = "") -> None:
         if reason is not None and self.kill_reason is None:
             self.kill_reason = reason
+        if note and not self.kill_note:
+            self.kill_note = note
         with contextlib.suppress(OSError):
             self.proc.send_signal(signal.SIGKILL)
 

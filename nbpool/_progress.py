@@ -28,7 +28,7 @@ import threading
 import time
 
 from ._engine_state import EngineState
-from ._protocol import STAGE_LOADING, STAGE_PICKLING
+from ._protocol import STAGE_LOADING, STAGE_PICKLING, TRACK_TIME
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ class JobProgress:
         # blocking call waits for it, so the saved notebook holds the final dashboard.
         self.rendered = threading.Event()
         self.displayed = threading.Event()  # set once its view is shown (``%pool`` waits)
+        self.base_done = 0  # a pool dashboard: items the pool had done when it was shown
 
 
 def wants_view(mode: Any, in_notebook: bool) -> str | None:
@@ -123,10 +124,15 @@ class ProgressMixin(EngineState):
 
     def _watch(self, p: JobProgress) -> None:
         """Show a pool-wide dashboard (``%pool``) until the pool ends."""
-        if self._pool_view is not None:  # one at a time: the previous one stops updating
-            self._pool_view.final_state = "replaced"
+        old = self._pool_view
         p.shown = True
+        p.base_done = sum(self._slot_done)
         self._pool_view = p
+        if old is not None and old.final_state is None:  # one live at a time: the newest
+            old.final_state = "stopped"
+            snap = self._snapshot(None, time.monotonic(), "stopped", old)
+            snap["note"] = "replaced by a newer dashboard of this pool"
+            self._post(old, snap, final=True)
         self._start_ticking(0)
 
     def _start_ticking(self, delay: float) -> None:
@@ -154,12 +160,12 @@ class ProgressMixin(EngineState):
             if not p.shown and (p.mode is True or now - p.t0 >= AUTO_AFTER_S):
                 p.shown = True
             if p.shown:
-                self._post(0 - job.id, p, self._snapshot(job, now, "running"), final=False)
+                self._post(p, self._snapshot(job, now, "running"))
         pv = self._pool_view
         watched = pv is not None and pv.final_state is None
         if watched:
             assert pv is not None
-            self._post(0, pv, self._snapshot(None, now, "running" if self._jobs else "idle"))
+            self._post(pv, self._snapshot(None, now, "running" if self._jobs else "idle"))
         if not self._terminating and (live or watched):
             # A pool dashboard with nothing to run only refreshes CPU and memory, once a second.
             self._start_ticking(TICK_S if live or self._jobs else 1.0)
@@ -173,20 +179,21 @@ class ProgressMixin(EngineState):
         if not p.shown:
             p.rendered.set()
             return
-        key = 0 if job is None else -job.id
-        self._post(key, p, self._snapshot(job, time.monotonic(), state), final=True)
+        self._post(p, self._snapshot(job, time.monotonic(), state, p), final=True)
 
-    def _post(self, key: int, p: JobProgress, snap: dict[str, Any], final: bool = False) -> None:
+    def _post(self, p: JobProgress, snap: dict[str, Any], final: bool = False) -> None:
         if self._views is None:
             from ._views import ViewThread
 
             self._views = ViewThread()
-        self._views.post(key, p, snap, final)
+        self._views.post(p, snap, final)
 
     # ------------------------------------------------------------------ snapshots
 
-    def _snapshot(self, job: Job | None, now: float, state: str) -> dict[str, Any]:
-        p = job.progress if job is not None else self._pool_view
+    def _snapshot(
+        self, job: Job | None, now: float, state: str, p: JobProgress | None = None
+    ) -> dict[str, Any]:
+        p = p or (job.progress if job is not None else self._pool_view)
         assert p is not None
         rows = [self._row(job, wid, w, now) for wid, w in enumerate(self._slots)]
         in_chunk = sum(r.pop("_in_chunk") for r in rows)
@@ -202,7 +209,8 @@ class ProgressMixin(EngineState):
             done, failed = sum(self._slot_done) + in_chunk, self._failed_total
             running = len(self._jobs)
             note = f"{running} call{'s' if running != 1 else ''} running" if running else ""
-        rate = done / elapsed if elapsed > 0 else 0.0
+        # The pool's rate counts what was done since its dashboard was shown.
+        rate = (done - p.base_done) / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if total is not None and rate > 0 else None
         if state == "interrupted":
             note = "interrupted: queued items were dropped and running ones stopped"
@@ -272,7 +280,10 @@ class ProgressMixin(EngineState):
             if w.seen_item != (chunk.job.id, stage):  # a new item: when it started, its repr
                 arg = format_arg(chunk.job.kind, chunk.items[k]) if 0 <= k < chunk.count else ""
                 w.seen_item, w.seen_at, w.seen_arg = (chunk.job.id, stage), now, arg
-            row["item_s"] = round(now - w.seen_at, 2)
+                if chunk.track == TRACK_TIME:  # the worker wrote the item's start time
+                    # (slot[3] is written before slot[2]: it is this item's or a later one's)
+                    w.seen_at = min(now, w.slot[3] / 1e9)
+            row["item_s"] = round(max(0.0, now - w.seen_at), 2)
             row["arg"] = w.seen_arg
         elif stage == STAGE_LOADING:
             row.update(item=chunk.start, note="loading")

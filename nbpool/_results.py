@@ -77,6 +77,7 @@ class ApplyResult:
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
+        __tracebackhide__ = True  # IPython and pytest hide this frame: the error is not in here
         try:
             self._event.wait(timeout)
         except KeyboardInterrupt:
@@ -86,6 +87,7 @@ class ApplyResult:
             raise
 
     def get(self, timeout: float | None = None) -> Any:
+        __tracebackhide__ = True
         self.wait(timeout)
         if not self.ready():
             raise TimeoutError(f"the result was not ready within {timeout} s")
@@ -167,6 +169,7 @@ class IMapIterator:
         return ok_value
 
     def next(self, timeout: float | None = None) -> Any:
+        __tracebackhide__ = True
         try:
             return self._next(timeout)
         except KeyboardInterrupt:
@@ -174,6 +177,7 @@ class IMapIterator:
             raise
 
     def _next(self, timeout: float | None) -> Any:
+        __tracebackhide__ = True
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._available():

@@ -87,20 +87,21 @@ class TextView:
 class ViewThread:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._latest: dict[int, tuple[JobProgress, dict[str, Any], bool]] = {}
+        # Keyed by the JobProgress itself (one per call, one per pool dashboard).
+        self._latest: dict[JobProgress, tuple[dict[str, Any], bool]] = {}
         self._wake = threading.Event()
         self._stopping = False
-        self._views: dict[int, Any] = {}
+        self._views: dict[JobProgress, Any] = {}
         self._stats: ProcStats | None = None
         self._thread = threading.Thread(target=self._run, name="nbpool-progress", daemon=True)
         self._thread.start()
 
-    def post(self, job_id: int, p: JobProgress, snap: dict[str, Any], final: bool) -> None:
+    def post(self, p: JobProgress, snap: dict[str, Any], final: bool) -> None:
         with self._lock:
-            prev = self._latest.get(job_id)
-            if prev is not None and prev[2]:
+            prev = self._latest.get(p)
+            if prev is not None and prev[1]:
                 return  # its final snapshot is already waiting: nothing comes after it
-            self._latest[job_id] = (p, snap, final)
+            self._latest[p] = (snap, final)
         self._wake.set()
 
     def stop(self, timeout: float) -> None:
@@ -116,12 +117,12 @@ class ViewThread:
                 self._wake.clear()  # under the lock: a post after this sets it again
                 batch, self._latest = self._latest, {}
                 stopping = self._stopping
-            for job_id, (p, snap, final) in batch.items():
+            for p, (snap, final) in batch.items():
                 try:
-                    self._render(job_id, p, snap, final)
+                    self._render(p, snap, final)
                 except Exception:  # a broken frontend must not break the pool: say it once
                     self._report_once()
-                    self._views.pop(job_id, None)
+                    self._views.pop(p, None)
                 finally:
                     if final:
                         p.rendered.set()
@@ -130,7 +131,7 @@ class ViewThread:
             if stopping and not self._latest:
                 break
 
-    def _render(self, job_id: int, p: JobProgress, snap: dict[str, Any], final: bool) -> None:
+    def _render(self, p: JobProgress, snap: dict[str, Any], final: bool) -> None:
         if self._stats is None:
             self._stats = ProcStats()
         pids = set()
@@ -139,7 +140,7 @@ class ViewThread:
                 pids.add(row["pid"])
                 row["cpu"], row["rss"] = self._stats.get(row["pid"])
         self._stats.forget_others(pids)
-        view = self._views.get(job_id)
+        view = self._views.get(p)
         if view is None:
             if p.view == "widget":
                 from ._widget import NotebookDashboard
@@ -147,10 +148,10 @@ class ViewThread:
                 view = NotebookDashboard(p.target, snap)
             else:
                 view = TextView(p, snap)
-            self._views[job_id] = view
+            self._views[p] = view
             p.displayed.set()
         if final:
-            del self._views[job_id]
+            del self._views[p]
             view.close(snap)
         else:
             view.update(snap)

@@ -64,9 +64,12 @@ def test_a_failed_call_says_so_on_its_bar():
     code = (
         "import nbpool\n"
         "def f(x):\n    if x == 3:\n        raise ValueError(x)\n    return x\n"
-        "with nbpool.Pool(2) as p:\n"
-        "    try:\n        p.map(f, range(10), progress=True)\n"
-        "    except ValueError:\n        print('raised')\n"
+        "p = nbpool.Pool(2)\n"
+        "try:\n    p.map(f, range(10), progress=True)\n"
+        "except ValueError:\n    print('raised')\n"
+        # map raises at the first failure; close + join lets the other items finish, and the
+        # bar reaches its final state (a terminate would end it as 'stopped')
+        "p.close()\np.join()\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env()

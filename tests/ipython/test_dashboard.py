@@ -145,14 +145,19 @@ def test_progress_true_shows_a_short_call_too(tmp_path):
         assert final["state"] == "finished" and final["done"] == 4
 
 
-def test_a_failed_item_gives_a_failed_final_state(tmp_path):
+def test_a_failed_map_raises_at_once_and_its_dashboard_ends_failed(tmp_path):
     with kernel(str(tmp_path)) as (_km, kc):
         run_cell(kc, SETUP)
-        reply, msgs = timed_cell(kc, "pool.map(fails_on_7, range(40), progress=True)")
-        assert reply["content"]["status"] == "error"
-        final = dashboard_traffic(msgs)["snapshots"][-1][1]
+        t0 = time.monotonic()
+        # item 7 fails early; the other 92 items keep the workers busy for about 1 s more
+        reply, msgs = timed_cell(kc, "pool.map(fails_on_7, range(100), progress=True)")
+        took = time.monotonic() - t0
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "ValueError"
+        assert took < 0.9, took  # raised at the failure, not after the rest of the items
+        _, later = timed_cell(kc, "time.sleep(1.5)")  # the other items finish meanwhile
+        final = dashboard_traffic(msgs + later)["snapshots"][-1][1]
         assert final["state"] == "failed"
-        assert final["failed"] == 1 and final["done"] == 40
+        assert final["failed"] == 1 and final["done"] == 100
 
 
 def test_async_call_keeps_updating_its_own_cell_after_it_ended(tmp_path):
@@ -248,4 +253,15 @@ def test_pool_dashboard_and_pmap_progress_flags(tmp_path):
         _, msgs = timed_cell(kc, "%%pmap --progress x in range(6)\nx * 2")
         final = dashboard_traffic(msgs)["snapshots"][-1][1]
         assert final["state"] == "finished" and final["done"] == 6
+        # A second %pool shows a new dashboard; the first one ends, saying why.
+        _, msgs = timed_cell(kc, "%pool")
+        second = dashboard_traffic(msgs)
+        assert second["comm"] and second["comm"] != pool_comm and len(second["displays"]) == 1
+        ended = [
+            m["content"]["data"]["state"]["snapshot"]
+            for _, m in msgs
+            if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == pool_comm
+        ]
+        assert ended and ended[-1]["state"] == "stopped" and "replaced" in ended[-1]["note"]
+        assert second["snapshots"][-1][1]["rate"] < 1000  # counted from when it was shown
         run_cell(kc, "%pool stop")
