@@ -10,7 +10,7 @@ PY310 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.10*/bin/python3.10))
 PY313 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3.13))
 PIP_FLAGS := -q --disable-pip-version-check
 
-.PHONY: test tour lint typecheck unit smoke bench clean browser-deps
+.PHONY: test tour lab lint typecheck unit smoke bench clean browser-deps
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ test: lint typecheck unit smoke
 
 tour: $(BIN)/.installed
 	$(BIN)/python tools/run_notebook.py notebooks/tour.ipynb
+
+# The tour in JupyterLab, to watch the dashboard live (the browser opens it; Ctrl-C stops).
+lab: $(BIN)/.installed
+	$(BIN)/jupyter lab --ip=127.0.0.1 notebooks/tour.ipynb
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py

@@ -22,9 +22,10 @@
                                           shared slot, fail (or retry) that item, requeue the
                                           rest, respawn it
 
-The thread's code is this module (loop, commands, spawning, scheduling) and three mixins of
-``Engine``: ``_inbox`` (messages and output from workers), ``_faults`` (cancel, timeouts,
-memory limits, dead workers) and ``_progress`` (snapshots for the dashboard). Everything that
+The thread's code is this module (loop, commands, spawning, shutdown) and four mixins of
+``Engine``: ``_scheduling`` (chunks to workers), ``_inbox`` (messages and output from workers),
+``_faults`` (cancel, timeouts, memory limits, dead workers) and ``_progress`` (snapshots for
+the dashboard). Everything that
 touches a socket, a process or a Job happens in this thread, so none of that state needs a lock;
 caller threads only append to ``_commands`` and write a byte to the wake pipe.
 A worker's death is seen in the same ``select()`` as its results: its socket reaches EOF and its
@@ -42,38 +43,26 @@ import sys
 import threading
 import weakref
 
-from ._errors import PoolClosedError, SerializationError
+from ._errors import PoolClosedError
 from ._faults import MEMORY_CHECK_S, FaultsMixin
 from ._inbox import InboxMixin
-from ._jobs import Chunk, Job
+from ._jobs import Job
 from ._message import Message
 from ._output import LineBuffer, TerminalOutput
 from ._procs import Worker
 from ._progress import ProgressMixin
 from ._protocol import (
-    FN_CACHE_SIZE,
-    TRACK_INDEX,
-    TRACK_NONE,
-    TRACK_TIME,
     Hello,
-    RunChunk,
     Shutdown,
 )
-from ._serialize import FnPayload, dumps_data, short_repr
+from ._scheduling import SchedulingMixin
+from ._serialize import FnPayload, dumps_data
 from ._timers import Timers
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
-
-# Largest chunk (pickled) sent to a worker that is still busy: well under the socket buffer.
-PREFETCH_MAX_BYTES = 256 * 1024
-# Items faster than this are not tracked one by one (the slot write would cost more than them).
-TRACK_MIN_ITEM_S = 5e-6
-# Items at least this slow also get their start time in the slot (~50 ns more an item): the
-# dashboard then shows exactly how long a worker has been on its item.
-TIME_MIN_ITEM_S = 1e-3
 
 # Engines alive in this process, terminated at interpreter exit.
 _LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -100,7 +89,7 @@ class Terminate(Message):
     pass
 
 
-class Engine(InboxMixin, FaultsMixin, ProgressMixin):
+class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
     """Owns the worker processes and the dispatcher thread of one local pool."""
 
     def __init__(
@@ -146,6 +135,8 @@ class Engine(InboxMixin, FaultsMixin, ProgressMixin):
         self._tick_due: float | None = None
         self._restarted_at: dict[int, tuple[float, str]] = {}
         self._pool_view = None
+        self._progress_live: dict[int, Job] = {}
+        self._progress_off = False
         self._slot_done = [0] * processes
         self._failed_total = 0
         for i in range(processes):
@@ -306,120 +297,6 @@ class Engine(InboxMixin, FaultsMixin, ProgressMixin):
         if self._slots[w.wid] is w:
             self._slots[w.wid] = None
 
-    # ------------------------------------------------------------------ scheduling
-
-    def _schedule(self) -> None:
-        while self._pending:
-            job = self._pending[0]
-            if not job.has_work():
-                self._pending.popleft()
-                self._maybe_finish(job)
-                continue
-            candidates = [w for w in self._slots if w is not None and self._capacity(w, job)]
-            if not candidates:
-                return
-            self._dispatch(job, min(candidates, key=lambda w: len(w.inflight)))
-
-    def _capacity(self, w: Worker, job: Job) -> bool:
-        if w.dead or w.retiring or w.budget == 0:
-            return False
-        if not w.inflight:
-            return True
-        # A second chunk in flight hides the round trip, but only
-        # * for short chunks: a queued long item would wait behind its neighbour while another
-        #   worker sits idle;
-        # * for small ones: the worker reads its socket only between chunks, so a large send to
-        #   a busy worker would block this thread while that worker may be blocked sending us a
-        #   large result (a deadlock);
-        # * of the same job, whose chunks we have measured.
-        if len(w.inflight) == 1:
-            (c,) = w.inflight.values()
-            est = job.est
-            return (
-                c.job is job
-                and est is not None
-                and est * c.count < 0.1
-                and job.last_bytes < PREFETCH_MAX_BYTES
-                and job.task_timeout is None
-            )
-        return False
-
-    def _dispatch(self, job: Job, w: Worker) -> None:
-        start, items = job.cut(self.nworkers, w.budget)
-        src = job.source
-        if src.error is not None and src.exhausted and not job.length_sent:
-            # The input iterable raised: that exception is the result at its position.
-            job.deliver(src.pos, [None], {src.pos: src.error})
-            job.sink._set_length(src.pos + 1)
-            job.length_sent = True
-        if not len(items):
-            self._maybe_finish(job)
-            return
-        try:
-            data, oob = dumps_data(items)
-        except Exception:
-            self._split_unpicklable(job, start, items)
-            return
-        job.last_bytes = len(data) + sum(memoryview(b).nbytes for b in oob)
-        if job.task_timeout is not None:
-            track = TRACK_TIME
-            self._timers.call_later(job.task_timeout, lambda: self._check_timeout(w))
-        elif job.est is not None and job.est < TRACK_MIN_ITEM_S:
-            track = TRACK_NONE
-        elif job.est is not None and job.est < TIME_MIN_ITEM_S:
-            track = TRACK_INDEX
-        else:  # slow items, or not measured yet (probe chunks are small)
-            track = TRACK_TIME
-        payload = self._fn_for(job, w)
-        job.next_chunk_id += 1
-        chunk = Chunk(job, job.next_chunk_id, start, items, track)
-        msg = RunChunk(
-            job.id, chunk.chunk_id, start, len(items), job.kind, payload, job.fn.digest, track
-        )
-        w.inflight[(job.id, chunk.chunk_id)] = chunk
-        job.inflight += 1
-        if w.budget is not None:
-            w.budget -= len(items)
-        self._send(w, msg, [data, *oob])
-
-    def _fn_for(self, job: Job, w: Worker) -> FnPayload | None:
-        """The function payload to send: nothing if the worker holds it with the same globals."""
-        same = {name for name, digest, _ in job.fn.globals if w.globals.get(name) == digest}
-        if job.fn.digest in w.fns and len(same) == len(job.fn.globals):
-            w.fns.move_to_end(job.fn.digest)
-            return None
-        for name, digest, _ in job.fn.globals:
-            w.globals[name] = digest
-        w.fns[job.fn.digest] = None
-        w.fns.move_to_end(job.fn.digest)
-        if len(w.fns) > FN_CACHE_SIZE:
-            w.fns.popitem(last=False)
-        return job.fn.without_globals(same) if same else job.fn
-
-    def _requeue(self, job: Job, start: int, items: Any) -> None:
-        if len(items) and not job.cancelled:
-            job.retry.appendleft((start, items))
-            if job not in self._pending:
-                self._pending.appendleft(job)
-
-    def _split_unpicklable(self, job: Job, start: int, items: Any) -> None:
-        if len(items) > 1:
-            for i in reversed(range(len(items))):
-                self._requeue(job, start + i, items[i : i + 1])
-            return
-        try:
-            dumps_data(items)
-        except Exception as exc:
-            arg = items[0]
-            err = SerializationError(
-                f"item {start} (argument {short_repr(arg)}, a {type(arg).__name__}) cannot be "
-                f"pickled: {exc}. Pass data the worker can rebuild (paths, numbers, arrays), or "
-                "create such objects in the worker (in the function or an `initializer`)."
-            )
-            err.__cause__ = exc
-            job.deliver(start, [None], {start: err})
-        self._maybe_finish(job)
-
     def _maybe_finish(self, job: Job) -> None:
         if not job.done() or job.id not in self._jobs:
             return
@@ -436,13 +313,10 @@ class Engine(InboxMixin, FaultsMixin, ProgressMixin):
     def _teardown(self) -> None:
         _LIVE.discard(self)
         err = PoolClosedError("the pool was terminated before this result was ready")
-        for job in list(self._jobs.values()):
+        jobs = list(self._jobs.values())
+        for job in jobs:
             job.failed_fn = True  # nothing more is delivered to its result
             job.sink._abort(err)
-            self._progress_ended(job, "stopped")
-        self._progress_ended(None, "stopped")
-        if self._views is not None:
-            self._views.stop(timeout=2)
         workers = list(self._all)
         for w in workers:
             if w.proc.poll() is None:
@@ -461,6 +335,14 @@ class Engine(InboxMixin, FaultsMixin, ProgressMixin):
                 if isinstance(cmd, Submit):
                     cmd.job.sink._abort(err)
             self._commands.clear()
+        # Progress last, once the workers are gone and every caller is answered: a slow
+        # frontend can delay the end of this thread (2 s at most), never the pool's shutdown.
+        for job in jobs:
+            self._progress_ended(job, "stopped")
+        self._progress_ended(None, "stopped")
+        if self._views is not None:
+            with contextlib.suppress(Exception):
+                self._views.stop(timeout=2)
 
 
 def _terminate_all_at_exit() -> None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 
 class EngineState:
+    nworkers: int
     _sel: selectors.BaseSelector
     _timers: Timers
     _all: set[Worker]
@@ -40,6 +41,9 @@ class EngineState:
     _flush_output: Callable[[Worker, int], None]
     _row: Callable[[Job | None, int, Worker | None, float], dict[str, Any]]
     _progress_ended: Callable[[Job | None, str], None]
+    _progress_interrupted: Callable[[Job], None]
+    _progress_started: Callable[[Job], None]
+    _check_timeout: Callable[[Worker], None]
     _restarted_at: dict[int, tuple[float, str]]
     _slot_done: list[int]
     _failed_total: int

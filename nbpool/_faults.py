@@ -45,14 +45,7 @@ class FaultsMixin(EngineState):
         job.cancelled = True
         job.retry.clear()
         job.sink._abort(reason)
-        if job.progress is not None:  # the rows of the workers it stops say what they were on
-            now = time.monotonic()
-            for w in self._slots:
-                if w is not None and any(c.job is job for c in w.inflight.values()):
-                    row = self._row(job, w.wid, w, now)
-                    row.pop("_in_chunk")
-                    job.progress.interrupted[w.wid] = row
-            self._progress_ended(job, "interrupted")
+        self._progress_interrupted(job)
         for w in list(self._all):
             if not any(c.job is job for c in w.inflight.values()):
                 continue

@@ -21,6 +21,7 @@ import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 
+from ._protocol import TRACK_INDEX
 from ._serialize import FnPayload
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
@@ -177,7 +178,9 @@ class Chunk:
 
     __slots__ = ("chunk_id", "items", "job", "start", "track")
 
-    def __init__(self, job: Job, chunk_id: int, start: int, items: Any, track: int = 1) -> None:
+    def __init__(
+        self, job: Job, chunk_id: int, start: int, items: Any, track: int = TRACK_INDEX
+    ) -> None:
         self.job, self.chunk_id, self.start, self.items = job, chunk_id, start, items
         self.track = track  # _protocol.TRACK_*: what the worker writes in its slot
 

@@ -70,6 +70,7 @@ def _pmap_parser() -> _Parser:
 
 
 _TAKES_VALUE = {"-n", "-o", "--chunksize"}
+_WORD = re.compile(r"\s*(\S+)")
 
 
 def _split_options(line: str) -> tuple[list[str], str]:
@@ -78,14 +79,14 @@ def _split_options(line: str) -> tuple[list[str], str]:
     words: list[str] = []
     pos = 0
     while True:
-        m = re.compile(r"\s*(\S+)").match(line, pos)
+        m = _WORD.match(line, pos)
         if m is None or not m.group(1).startswith("-"):
             break
         word = m.group(1)
         words.append(word)
         pos = m.end()
         if word in _TAKES_VALUE:
-            v = re.compile(r"\s*(\S+)").match(line, pos)
+            v = _WORD.match(line, pos)
             if v is None:
                 break  # argparse says what is missing
             words.append(v.group(1))
@@ -179,6 +180,10 @@ def pool_magic(line: str) -> Any:
     elif len(words) > 1:
         raise _usage_error(POOL_USAGE)
     if cmd == "show":
+        from ._output import notebook_target
+
+        if notebook_target() is None:  # a terminal IPython: the status line instead
+            return pool_magic("status")
         session_pool().dashboard()
         return None
     if cmd == "status":

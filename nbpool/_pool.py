@@ -12,6 +12,14 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
+from ._options import (
+    check_chunksize,
+    check_initargs_pickle,
+    check_int,
+    check_seconds,
+    parse_bytes,
+    start_method,
+)
 from ._output import notebook_target
 from ._procs import Worker
 from ._progress import FINAL_RENDER_WAIT_S, JobProgress, check_progress, describe_call, wants_view
@@ -48,94 +56,6 @@ _SERIALIZERS = ("cloudpickle", "dill")
 _job_ids = itertools.count(1)
 
 
-def _check_chunksize(chunksize: int | None) -> None:
-    if chunksize is None:
-        return
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
-        raise TypeError(f"chunksize must be a positive int or None, not {chunksize!r}")
-    if chunksize < 1:
-        raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-
-
-def _check_initargs_pickle(initargs: tuple[Any, ...]) -> None:
-    """Pre-flight: every initarg must pickle, or the pool fails here, naming it."""
-    from ._serialize import dumps_data, short_repr
-
-    for i, arg in enumerate(initargs):
-        try:
-            dumps_data(arg)
-        except Exception as exc:
-            from ._errors import SerializationError
-
-            raise SerializationError(
-                f"initargs[{i}] ({short_repr(arg)}, a {type(arg).__name__}) cannot be pickled: "
-                f"{exc}. Create such objects inside the initializer instead."
-            ) from exc
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value}")
-    return value
-
-
-def _check_seconds(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None, not {value!r}")
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0 seconds, not {value}")
-    return float(value)
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-    "k": 2**10,
-    "m": 2**20,
-    "g": 2**30,
-}
-
-
-def _parse_bytes(name: str, value: Any) -> int | None:
-    """``None``, an int of bytes, or a string such as ``"2GB"`` or ``"512 MiB"``."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        import re
-
-        m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", value)
-        unit = m.group(2).lower() if m else None
-        if m is None or unit not in _UNITS:
-            raise ValueError(f"{name}: cannot read {value!r}; use bytes or e.g. '2GB', '512MiB'")
-        value = int(float(m.group(1)) * _UNITS[unit])
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be bytes (int) or a string like '2GB', not {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, not {value}")
-    return int(value)
-
-
-def _start_method(context: Any) -> str | None:
-    if context is None:
-        return None
-    if isinstance(context, str):
-        return context
-    get = getattr(context, "get_start_method", None)
-    return get() if callable(get) else None
-
-
 def _wait(result: Any) -> Any:
     """``result.get()`` for the blocking methods; if a dashboard was shown, also wait (briefly)
     until its final state is rendered, so that it is in the cell's output when the cell ends
@@ -156,7 +76,11 @@ def _wait(result: Any) -> Any:
 
 def _await_render(result: Any, only_if_over: bool = False) -> None:
     p = result._progress
-    if p is not None and (p.final_state is not None or not only_if_over):
+    # Not shown by the time the result is here: it never will be (the job ends in the same
+    # dispatcher step that delivered it, with no tick in between), so there is nothing to wait.
+    if p is None or not p.shown:
+        return
+    if p.final_state is not None or not only_if_over:
         p.rendered.wait(FINAL_RENDER_WAIT_S)
 
 
@@ -221,11 +145,11 @@ class Pool:
             raise TypeError("initializer must be a callable")
         if serializer not in _SERIALIZERS:
             raise ValueError(f"serializer must be one of {_SERIALIZERS}, not {serializer!r}")
-        self._retries = _check_int("retries", retries, minimum=0)
-        self._task_timeout = _check_seconds("task_timeout", task_timeout)
+        self._retries = check_int("retries", retries, minimum=0)
+        self._task_timeout = check_seconds("task_timeout", task_timeout)
         self._progress = check_progress(progress)
-        max_memory = _parse_bytes("max_memory_per_worker", max_memory_per_worker)
-        method = _start_method(context)
+        max_memory = parse_bytes("max_memory_per_worker", max_memory_per_worker)
+        method = start_method(context)
         if method == "fork":
             warnings.warn(
                 "nbpool never forks the calling process (forking a Jupyter kernel, which runs "
@@ -246,7 +170,7 @@ class Pool:
             dumps_fn(initializer, serializer, role="initializer") if initializer else None
         )
         if initializer is not None:
-            _check_initargs_pickle(initargs)
+            check_initargs_pickle(initargs)
         lifeline = os.pipe()
         started: list[Worker] = []
         try:
@@ -391,7 +315,7 @@ class Pool:
         self, func, iterable, kind, chunksize, callback=None, error_callback=None, progress=None
     ) -> MapResult:
         self._check_running()
-        _check_chunksize(chunksize)
+        check_chunksize(chunksize)
         if progress is not None:  # checked here too: an empty input submits nothing
             check_progress(progress)
         if not isinstance(iterable, (list, tuple, range)):
@@ -426,7 +350,7 @@ class Pool:
 
     def _imap(self, func, iterable, chunksize, result, progress) -> Any:
         self._check_running()
-        _check_chunksize(chunksize)
+        check_chunksize(chunksize)
         if isinstance(iterable, (list, tuple, range)):
             source: Any = SequenceSource(iterable)
         else:

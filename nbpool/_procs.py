@@ -99,10 +99,9 @@ class Worker:
         self.budget: int | None = None  # items left before maxtasksperchild retires it
         self.init_error: BaseException | None = None
         self.last_target: Any = None  # output target of the last job it finished
-        # What the progress views last saw it on: (job id, item index), since when, its repr.
+        # What the progress views last saw it on: (job id, item index), and since when.
         self.seen_item: tuple[int, int] | None = None
         self.seen_at = 0.0
-        self.seen_arg = ""
 
     def running(self) -> tuple[Any, int] | None:
         """(chunk, slot stage/index) of the chunk the worker is on, from the shared slot."""

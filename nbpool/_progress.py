@@ -24,6 +24,7 @@ once (a text bar outside notebooks); ``False`` never.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -53,7 +54,7 @@ def check_progress(value: Any) -> Any:
 class JobProgress:
     """A job's progress settings and view state (dispatcher-owned, but ``rendered``)."""
 
-    def __init__(self, mode: Any, view: str, target: Any, title: str) -> None:
+    def __init__(self, mode: bool | str, view: str, target: Any, title: str) -> None:
         self.mode = mode  # "auto" | True
         self.view = view  # "widget" | "text"
         self.target = target  # (kernel, parent header) of the submitting cell, or None
@@ -67,6 +68,9 @@ class JobProgress:
         self.rendered = threading.Event()
         self.displayed = threading.Event()  # set once its view is shown (``%pool`` waits)
         self.base_done = 0  # a pool dashboard: items the pool had done when it was shown
+        self.started_at = self.t0  # when its first chunk was sent ("auto" counts from there)
+        self.high_done = 0  # the most items a running snapshot has shown (never go back)
+        self.arg_cache: dict[int, tuple[Any, str]] = {}  # view thread: worker -> (item, text)
 
 
 def wants_view(mode: Any, in_notebook: bool) -> str | None:
@@ -109,31 +113,71 @@ def format_arg(kind: str, item: Any) -> str:
 
 
 class ProgressMixin(EngineState):
-    """The dispatcher's side of progress (a mixin of ``_dispatcher.Engine``)."""
+    """The dispatcher's side of progress (a mixin of ``_dispatcher.Engine``).
+
+    Every entry point is guarded: a failure in progress code turns progress off for the
+    engine (said once on stderr) and never reaches the work.
+    """
 
     _views: Any  # _views.ViewThread, started on first use
     _tick_gen: int
     _tick_due: float | None
     _pool_view: JobProgress | None  # the %pool dashboard: every worker, every job
+    # Jobs with progress that have started (a chunk sent): the only ones a tick looks at, so a
+    # thousand queued apply_async calls cost nothing until they run.
+    _progress_live: dict[int, Job]
+    _progress_off: bool
+
+    def _progress_failed(self, exc: BaseException) -> None:
+        """Progress code failed: turn it off for this pool, release every waiter, say so once."""
+        if not self._progress_off:
+            import traceback
+
+            print("nbpool: progress display failed and is off for this pool:", file=sys.stderr)
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+        self._progress_off = True
+        views = [j.progress for j in self._jobs.values()] + [self._pool_view]
+        for p in views:
+            if p is not None:
+                p.final_state = p.final_state or "stopped"
+                p.rendered.set()
+                p.displayed.set()
+        self._progress_live.clear()
 
     def _progress_submitted(self, job: Job) -> None:
-        if job.progress is not None:
-            self._start_ticking(0 if job.progress.mode is True else TICK_S)
-        elif self._pool_view is not None and self._pool_view.final_state is None:
+        if self._pool_view is not None and self._pool_view.final_state is None:
             self._start_ticking(TICK_S)  # the pool dashboard goes from 1 update/s to 10
+
+    def _progress_started(self, job: Job) -> None:
+        """The job's first chunk is on its way (called from ``_dispatch``)."""
+        p = job.progress
+        if p is None or job.id in self._progress_live or self._progress_off:
+            return
+        p.started_at = time.monotonic()
+        self._progress_live[job.id] = job
+        try:
+            self._start_ticking(0 if p.mode is True else TICK_S)
+        except Exception as exc:
+            self._progress_failed(exc)
 
     def _watch(self, p: JobProgress) -> None:
         """Show a pool-wide dashboard (``%pool``) until the pool ends."""
-        old = self._pool_view
-        p.shown = True
-        p.base_done = sum(self._slot_done)
-        self._pool_view = p
-        if old is not None and old.final_state is None:  # one live at a time: the newest
-            old.final_state = "stopped"
-            snap = self._snapshot(None, time.monotonic(), "stopped", old)
-            snap["note"] = "replaced by a newer dashboard of this pool"
-            self._post(old, snap, final=True)
-        self._start_ticking(0)
+        if self._progress_off:
+            p.displayed.set()
+            return
+        try:
+            old = self._pool_view
+            p.shown = True
+            p.base_done = sum(self._slot_done)
+            self._pool_view = p
+            if old is not None and old.final_state is None:  # one live at a time: the newest
+                old.final_state = "replaced"
+                snap = self._snapshot(None, time.monotonic(), "stopped", old)
+                snap["note"] = "replaced by a newer dashboard of this pool"
+                self._post(old, snap, final=True)
+            self._start_ticking(0)
+        except Exception as exc:
+            self._progress_failed(exc)
 
     def _start_ticking(self, delay: float) -> None:
         """Tick within ``delay`` s from now. A tick already due later is superseded: each tick
@@ -147,39 +191,61 @@ class ProgressMixin(EngineState):
         self._timers.call_later(delay, lambda: self._tick(gen))
 
     def _tick(self, gen: int) -> None:
-        if gen != self._tick_gen:
+        if gen != self._tick_gen or self._progress_off:
             return
         self._tick_due = None
-        now = time.monotonic()
-        live = False
-        for job in list(self._jobs.values()):
-            p = job.progress
-            if p is None or p.final_state is not None:
-                continue
-            live = True
-            if not p.shown and (p.mode is True or now - p.t0 >= AUTO_AFTER_S):
-                p.shown = True
-            if p.shown:
-                self._post(p, self._snapshot(job, now, "running"))
-        pv = self._pool_view
-        watched = pv is not None and pv.final_state is None
-        if watched:
-            assert pv is not None
-            self._post(pv, self._snapshot(None, now, "running" if self._jobs else "idle"))
-        if not self._terminating and (live or watched):
-            # A pool dashboard with nothing to run only refreshes CPU and memory, once a second.
-            self._start_ticking(TICK_S if live or self._jobs else 1.0)
+        try:
+            now = time.monotonic()
+            for job in list(self._progress_live.values()):
+                p = job.progress
+                assert p is not None
+                if not p.shown and (p.mode is True or now - p.started_at >= AUTO_AFTER_S):
+                    p.shown = True
+                if p.shown:
+                    self._post(p, self._snapshot(job, now, "running"))
+            pv = self._pool_view
+            watched = pv is not None and pv.final_state is None
+            if watched:
+                assert pv is not None
+                self._post(pv, self._snapshot(None, now, "running" if self._jobs else "idle"))
+            if not self._terminating and (self._progress_live or watched):
+                # A pool dashboard with nothing running refreshes CPU and memory once a second.
+                busy = self._progress_live or self._jobs
+                self._start_ticking(TICK_S if busy else 1.0)
+        except Exception as exc:
+            self._progress_failed(exc)
 
     def _progress_ended(self, job: Job | None, state: str) -> None:
         """The job (or, for None, the pool) is over: render its final snapshot."""
         p = job.progress if job is not None else self._pool_view
+        if job is not None:
+            self._progress_live.pop(job.id, None)
         if p is None or p.final_state is not None:
             return
         p.final_state = state
-        if not p.shown:
+        if not p.shown or self._progress_off:
             p.rendered.set()
             return
-        self._post(p, self._snapshot(job, time.monotonic(), state, p), final=True)
+        try:
+            self._post(p, self._snapshot(job, time.monotonic(), state, p), final=True)
+        except Exception as exc:
+            self._progress_failed(exc)
+
+    def _progress_interrupted(self, job: Job) -> None:
+        """Cancelled: the rows of the workers it stops say what they were on."""
+        p = job.progress
+        if p is None or self._progress_off:
+            return
+        try:
+            now = time.monotonic()
+            for w in self._slots:
+                if w is not None and any(c.job is job for c in w.inflight.values()):
+                    row = self._row(job, w.wid, w, now)
+                    row.pop("_in_chunk")
+                    p.interrupted[w.wid] = row
+        except Exception as exc:
+            self._progress_failed(exc)
+        self._progress_ended(job, "interrupted")
 
     def _post(self, p: JobProgress, snap: dict[str, Any], final: bool = False) -> None:
         if self._views is None:
@@ -202,13 +268,21 @@ class ProgressMixin(EngineState):
         note = ""
         if job is not None:
             done, failed = job.delivered + in_chunk, job.failed
-            total = job.source.length
-            if total is None and job.source.exhausted:
-                total = job.source.pos
+            src = job.source
+            total = src.length
+            if total is None and src.exhausted:  # the input's own exception is an item too
+                total = src.pos + (1 if src.error is not None else 0)
+            if total is not None:
+                done = min(done, total)
         else:  # the pool: everything since it started
-            done, failed = sum(self._slot_done) + in_chunk, self._failed_total
+            done = sum(self._slot_done) + in_chunk
+            failed = self._failed_total + sum(j.failed for j in self._jobs.values())
             running = len(self._jobs)
             note = f"{running} call{'s' if running != 1 else ''} running" if running else ""
+        if state in ("running", "idle"):
+            # Never backwards while it runs: items of a dead worker's chunk that had finished
+            # are run again, and a chunk's count moves from the slot to the job in one step.
+            done = p.high_done = max(done, p.high_done)
         # The pool's rate counts what was done since its dashboard was shown.
         rate = (done - p.base_done) / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if total is not None and rate > 0 else None
@@ -218,10 +292,13 @@ class ProgressMixin(EngineState):
                 stopped = p.interrupted.get(r["id"])
                 if stopped is not None:
                     r.update(stopped, state="interrupted")
-        elif state not in ("running", "idle"):
+        elif job is not None and state != "running":
             for r in rows:
                 if r["state"] not in ("dead", "starting", "restarting"):
-                    r.update(state="done" if job else "dead", item=None, arg="", item_s=None)
+                    r.update(state="done", item=None, _argref=None, item_s=None, note="")
+        elif job is None and state == "stopped" and (self._closing or self._terminating):
+            for r in rows:
+                r.update(state="dead", item=None, _argref=None, item_s=None, note="")
         return {
             "v": 1,
             "title": p.title,
@@ -237,6 +314,8 @@ class ProgressMixin(EngineState):
         }
 
     def _row(self, job: Job | None, wid: int, w: Worker | None, now: float) -> dict[str, Any]:
+        """One worker's row. Its ``_argref`` (kind, item) is turned into the ``arg`` text by
+        the view thread: a user's ``__repr__`` never runs in the dispatcher."""
         row: dict[str, Any] = {
             "id": wid,
             "pid": None,
@@ -250,6 +329,7 @@ class ProgressMixin(EngineState):
             "rss": None,
             "note": "",
             "_in_chunk": 0,
+            "_argref": None,
         }
         if w is None:
             row["state"] = "dead" if self._closing or self._terminating else "restarting"
@@ -273,22 +353,26 @@ class ProgressMixin(EngineState):
             row["note"] = f"on another call (job {chunk.job.id})"
             return row
         if stage >= 0:
-            k = stage - chunk.start
+            # The slot's ids and index are read one after the other while the worker runs on:
+            # an index outside this chunk (it moved to the next one meanwhile) is clamped.
+            k = min(max(stage - chunk.start, 0), chunk.count)
             row["_in_chunk"] = k
             row["done"] += k
             row["item"] = stage
-            if w.seen_item != (chunk.job.id, stage):  # a new item: when it started, its repr
-                arg = format_arg(chunk.job.kind, chunk.items[k]) if 0 <= k < chunk.count else ""
-                w.seen_item, w.seen_at, w.seen_arg = (chunk.job.id, stage), now, arg
+            if w.seen_item != (chunk.job.id, stage):  # a new item: since when
+                w.seen_item, w.seen_at = (chunk.job.id, stage), now
                 if chunk.track == TRACK_TIME:  # the worker wrote the item's start time
                     # (slot[3] is written before slot[2]: it is this item's or a later one's)
                     w.seen_at = min(now, w.slot[3] / 1e9)
             row["item_s"] = round(max(0.0, now - w.seen_at), 2)
-            row["arg"] = w.seen_arg
+            if k < chunk.count:
+                row["_argref"] = (chunk.job.kind, chunk.items[k])
         elif stage == STAGE_LOADING:
             row.update(item=chunk.start, note="loading")
-        elif stage == STAGE_PICKLING:
+        elif stage == STAGE_PICKLING:  # every item of the chunk is done; results on their way
             row.update(item=chunk.start + chunk.count - 1, note="sending results")
+            row["_in_chunk"] = chunk.count
+            row["done"] += chunk.count
         else:
             row.update(item=chunk.start)
         return row

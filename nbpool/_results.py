@@ -156,6 +156,7 @@ class IMapIterator:
         self._length: int | None = None
         self._aborted: BaseException | None = None
         self._canceller: Callable[[], None] | None = None
+        self._progress: Any = None  # its job's _progress.JobProgress, if it has a view
 
     def __iter__(self) -> IMapIterator:
         return self

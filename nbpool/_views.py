@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 
+from ._progress import format_arg
+
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
@@ -85,6 +87,8 @@ class TextView:
 
 
 class ViewThread:
+    _reported = False  # a failing view is reported once per process
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Keyed by the JobProgress itself (one per call, one per pool dashboard).
@@ -136,6 +140,7 @@ class ViewThread:
             self._stats = ProcStats()
         pids = set()
         for row in snap["workers"]:
+            row["arg"] = self._arg_text(p, row)
             if row["pid"] is not None and row["state"] not in ("dead", "interrupted"):
                 pids.add(row["pid"])
                 row["cpu"], row["rss"] = self._stats.get(row["pid"])
@@ -156,7 +161,20 @@ class ViewThread:
         else:
             view.update(snap)
 
-    _reported = False
+    @staticmethod
+    def _arg_text(p: JobProgress, row: dict[str, Any]) -> str:
+        """The row's item arguments as text, formatted here (a user's ``__repr__`` may be
+        slow) and once per item: the cache holds each worker's last item."""
+        ref = row.pop("_argref", None)
+        if ref is None:
+            return str(row.get("arg", ""))
+        kind, item = ref
+        cached = p.arg_cache.get(row["id"])
+        if cached is not None and cached[0] is item:
+            return cached[1]
+        text = format_arg(kind, item)
+        p.arg_cache[row["id"]] = (item, text)
+        return text
 
     def _report_once(self) -> None:
         if not ViewThread._reported:

@@ -83,10 +83,10 @@ class NotebookDashboard:
     """A dashboard shown under the cell that submitted a job (used by the view thread)."""
 
     def __init__(self, target: Any, snap: dict[str, Any]) -> None:
-        self.kernel, parent = target
+        self.kernel, self.parent = target
         self.widget = dashboard_class()(snapshot=snap)
         self.display_id = uuid.uuid4().hex
-        self._send("display_data", bundle(self.widget), parent)
+        self._send("display_data", bundle(self.widget), self.parent)
 
     def update(self, snap: dict[str, Any]) -> None:
         self.widget.snapshot = snap
@@ -95,7 +95,15 @@ class NotebookDashboard:
         self.update(snap)
         # The final state also goes into the output itself: the fallbacks then show the
         # summary, and a notebook saved without widget state still says how the run ended.
-        self._send("update_display_data", bundle(self.widget), self.kernel.get_parent())
+        self._send("update_display_data", bundle(self.widget), self._running_cell())
+
+    def _running_cell(self) -> Any:
+        """The header of the cell running now (ipykernel 7 resolves this per thread); on older
+        kernels, where it is the last shell message of any kind, the submitting cell's."""
+        parent = self.kernel.get_parent()
+        if parent.get("header", {}).get("msg_type") == "execute_request":
+            return parent
+        return self.parent
 
     def _send(self, msg_type: str, data: dict[str, Any], parent: Any) -> None:
         content = {"data": data, "metadata": {}, "transient": {"display_id": self.display_id}}

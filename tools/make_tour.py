@@ -1,7 +1,8 @@
 """Write the notebooks of notebooks/ (generated, never edited by hand).
 
 Usage: ``.venv/bin/python tools/make_tour.py`` after changing a cell below. It writes the tour
-(``tour.ipynb``) and one notebook per feature (``dashboard.ipynb``, ``magics.ipynb``). Each code
+(``tour.ipynb``) and one notebook per feature (``dashboard.ipynb``, ``magics.ipynb``,
+``output.ipynb``). Each code
 cell has a stable id, which tests/notebooks/test_notebooks.py uses to find the outputs it checks.
 """
 
@@ -498,7 +499,81 @@ print(partial)""",
     ("code", "stop", "%pool stop"),
 ]
 
-NOTEBOOKS = {"tour": CELLS, "dashboard": DASHBOARD_CELLS, "magics": MAGICS_CELLS}
+OUTPUT_CELLS: list[tuple[str, str, str]] = [
+    (
+        "md",
+        "intro",
+        """\
+# Worker output in the right cell
+
+What a worker prints (with `print`, to `sys.stderr`, or from C code and subprocesses writing to
+file descriptors 1 and 2) appears in the output of the cell that submitted the work, one whole
+line at a time, tagged with the worker and its PID. Asynchronous work keeps printing into the cell
+that submitted it, even after later cells have run.""",
+    ),
+    (
+        "code",
+        "setup",
+        """\
+import os
+import sys
+import time
+
+import nbpool
+
+pool = nbpool.Pool(2)""",
+    ),
+    (
+        "code",
+        "print",
+        """\
+def noisy(x):
+    print(f"working on {x}")
+    return x * 10
+
+print(pool.map(noisy, range(4), chunksize=1))""",
+    ),
+    ("md", "md-streams", "stderr stays stderr; output written by C code is captured as well."),
+    (
+        "code",
+        "streams",
+        """\
+def low_level(x):
+    print(f"warning about {x}", file=sys.stderr)
+    os.write(1, f"raw write {x}\\n".encode())  # what C code or a subprocess does
+    return x
+
+pool.map(low_level, [1])""",
+    ),
+    (
+        "md",
+        "md-async",
+        """\
+Output of asynchronous work goes to the cell that submitted it. (In JupyterLab this holds even
+after later cells have run; a headless runner such as nbclient only records a cell's output
+while that cell runs, so this example waits in the same cell.)""",
+    ),
+    (
+        "code",
+        "async",
+        """\
+def later(x):
+    time.sleep(0.2)
+    print(f"async item {x} done")
+    return x
+
+pending = pool.map_async(later, range(2), chunksize=1)
+pending.wait(30)""",
+    ),
+    ("code", "close", "pool.close()\npool.join()"),
+]
+
+NOTEBOOKS = {
+    "tour": CELLS,
+    "dashboard": DASHBOARD_CELLS,
+    "magics": MAGICS_CELLS,
+    "output": OUTPUT_CELLS,
+}
 
 
 def build(name: str = "tour") -> nbformat.NotebookNode:

@@ -31,7 +31,9 @@ SETUP = (
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
-def timed_cell(kc: Any, code: str, timeout: float = 60) -> tuple[dict, list[tuple[float, dict]]]:
+def timed_cell(
+    kc: Any, code: str, timeout: float = 60, ok: bool = True
+) -> tuple[dict, list[tuple[float, dict]]]:
     """Execute a cell; return its reply and every iopub message (whichever cell it names) seen
     until the cell's kernel is idle again, with arrival times. (``execute_interactive`` would
     drop the messages that name an earlier cell, which is what the async test looks for.)"""
@@ -55,6 +57,9 @@ def timed_cell(kc: Any, code: str, timeout: float = 60) -> tuple[dict, list[tupl
     reply = kc.get_shell_msg(timeout=10)
     while reply["parent_header"].get("msg_id") != msg_id:
         reply = kc.get_shell_msg(timeout=10)
+    if ok:
+        errors = [m["content"] for _, m in msgs if m["msg_type"] == "error"]
+        assert reply["content"]["status"] == "ok", (code, errors)
     return reply, msgs
 
 
@@ -137,6 +142,36 @@ def test_quick_calls_and_progress_false_show_nothing(tmp_path):
             assert "comm_open" not in types and "display_data" not in types, (code, types)
 
 
+def test_queued_calls_show_nothing_until_they_run_long_enough(tmp_path):
+    """100 apply_async calls of 20 ms: half wait in the queue longer than 0.5 s, but none runs
+    that long, so "auto" shows no dashboard at all."""
+    with kernel(str(tmp_path)) as (_km, kc):
+        run_cell(kc, SETUP)
+        code = (
+            "rs = [pool.apply_async(slow, (i,)) for i in range(100)]\n"
+            "print(sum(r.get() for r in rs))"
+        )
+        _, msgs = timed_cell(kc, code)
+        types = [m["msg_type"] for _, m in msgs]
+        assert "comm_open" not in types and "display_data" not in types, types
+
+
+def test_a_generator_that_raises_counts_its_error_as_an_item(tmp_path):
+    with kernel(str(tmp_path)) as (_km, kc):
+        run_cell(kc, SETUP)
+        code = (
+            "def gen():\n    yield from range(30)\n    raise KeyError('input broke')\n"
+            "out = []\nit = pool.imap(slow, gen(), progress=True)\n"
+            "try:\n    out.extend(it)\nexcept KeyError:\n    print(len(out), 'then KeyError')\n"
+        )
+        _, msgs = timed_cell(kc, code)
+        _, later = timed_cell(kc, "time.sleep(0.5)")
+        snaps = [s for _, s in dashboard_traffic(msgs + later)["snapshots"]]
+        assert all(s["total"] is None or s["done"] <= s["total"] for s in snaps), snaps
+        final = snaps[-1]
+        assert final["state"] == "failed" and final["total"] == 31 and final["done"] == 31
+
+
 def test_progress_true_shows_a_short_call_too(tmp_path):
     with kernel(str(tmp_path)) as (_km, kc):
         run_cell(kc, SETUP)
@@ -150,7 +185,7 @@ def test_a_failed_map_raises_at_once_and_its_dashboard_ends_failed(tmp_path):
         run_cell(kc, SETUP)
         t0 = time.monotonic()
         # item 7 fails early; the other 92 items keep the workers busy for about 1 s more
-        reply, msgs = timed_cell(kc, "pool.map(fails_on_7, range(100), progress=True)")
+        reply, msgs = timed_cell(kc, "pool.map(fails_on_7, range(100), progress=True)", ok=False)
         took = time.monotonic() - t0
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "ValueError"
         assert took < 0.9, took  # raised at the failure, not after the rest of the items

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -105,6 +106,7 @@ def cell_text(nb: nbformat.NotebookNode, cell_id: str) -> str:
     return "".join(parts)
 
 
+WORKER_LINE = re.compile(r"\[w\d+ pid \d+\] ")
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
@@ -155,8 +157,10 @@ def test_notebook_runs_without_errors(path, jupyter_env):
     assert all(c.execution_count is not None for c in code_cells)
     errors = [o for c in code_cells for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
+    # No stderr, except lines a worker wrote there on purpose (tagged "[wN pid P]").
     stderr = [o.text for c in code_cells for o in c.outputs if o.get("name") == "stderr"]
-    assert not stderr, stderr
+    untagged = [t for t in stderr if not all(WORKER_LINE.match(ln) for ln in t.splitlines())]
+    assert not untagged, untagged
 
 
 @pytest.fixture(scope="module")
@@ -339,3 +343,35 @@ def test_magics_notebook(magics_nb):
     assert "[10, 5, ZeroDivisionError(" in text
     assert "2 workers" in cell_text(magics_nb, "status")
     assert "stopped" in cell_text(magics_nb, "stop")
+
+
+@pytest.fixture(scope="module")
+def output_nb(tmp_path_factory) -> nbformat.NotebookNode:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        env = isolate(tmp_path_factory.mktemp("output"), monkeypatch)
+        return execute(NOTEBOOKS_DIR / "output.ipynb", env)
+
+
+def streams(nb: nbformat.NotebookNode, cell_id: str, name: str) -> str:
+    (cell,) = [c for c in nb.cells if c.get("id") == cell_id]
+    return "".join(o.text for o in cell.outputs if o.get("name") == name)
+
+
+@pytest.mark.kernel
+def test_output_notebook_worker_lines_are_tagged_and_in_their_cell(output_nb):
+    out = streams(output_nb, "print", "stdout")
+    lines = [ln for ln in out.splitlines() if ln.startswith("[w")]
+    assert sorted(re.sub(r"^\[w\d+ pid \d+\] ", "", ln) for ln in lines) == [
+        f"working on {i}" for i in range(4)
+    ], out
+    assert "[0, 10, 20, 30]" in out
+    # stderr stays stderr; a raw write to fd 1 (as C code does) is captured too
+    assert re.search(
+        r"^\[w\d+ pid \d+\] warning about 1$", streams(output_nb, "streams", "stderr"), re.M
+    )
+    assert re.search(
+        r"^\[w\d+ pid \d+\] raw write 1$", streams(output_nb, "streams", "stdout"), re.M
+    )
+    text = streams(output_nb, "async", "stdout")
+    assert "async item 0 done" in text and "async item 1 done" in text
+    assert streams(output_nb, "close", "stdout") == ""  # nothing leaked into a later cell

@@ -1,0 +1,143 @@
+"""The dispatcher's sending side: which worker gets which chunk, and what goes with it.
+
+A mixin of ``Engine`` (``_dispatcher``): these methods run in the dispatcher thread only.
+Workers pull: an idle worker (or one whose chunk is short, see ``_capacity``) gets the next
+chunk of the oldest job that has work, cut to size by ``_jobs``.
+"""
+
+from __future__ import annotations
+
+from ._engine_state import EngineState
+from ._errors import SerializationError
+from ._jobs import Chunk, Job
+from ._procs import Worker
+from ._protocol import FN_CACHE_SIZE, TRACK_INDEX, TRACK_NONE, TRACK_TIME, RunChunk
+from ._serialize import FnPayload, dumps_data, short_repr
+
+TYPE_CHECKING = False  # no typing import at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
+# Largest chunk (pickled) sent to a worker that is still busy: well under the socket buffer.
+PREFETCH_MAX_BYTES = 256 * 1024
+# Items faster than this are not tracked one by one (the slot write would cost more than them).
+TRACK_MIN_ITEM_S = 5e-6
+# Items at least this slow also get their start time in the slot (~50 ns more an item): the
+# dashboard then shows exactly how long a worker has been on its item.
+TIME_MIN_ITEM_S = 1e-3
+
+
+class SchedulingMixin(EngineState):
+    def _schedule(self) -> None:
+        while self._pending:
+            job = self._pending[0]
+            if not job.has_work():
+                self._pending.popleft()
+                self._maybe_finish(job)
+                continue
+            candidates = [w for w in self._slots if w is not None and self._capacity(w, job)]
+            if not candidates:
+                return
+            self._dispatch(job, min(candidates, key=lambda w: len(w.inflight)))
+
+    def _capacity(self, w: Worker, job: Job) -> bool:
+        if w.dead or w.retiring or w.budget == 0:
+            return False
+        if not w.inflight:
+            return True
+        # A second chunk in flight hides the round trip, but only
+        # * for short chunks: a queued long item would wait behind its neighbour while another
+        #   worker sits idle;
+        # * for small ones: the worker reads its socket only between chunks, so a large send to
+        #   a busy worker would block this thread while that worker may be blocked sending us a
+        #   large result (a deadlock);
+        # * of the same job, whose chunks we have measured.
+        if len(w.inflight) == 1:
+            (c,) = w.inflight.values()
+            est = job.est
+            return (
+                c.job is job
+                and est is not None
+                and est * c.count < 0.1
+                and job.last_bytes < PREFETCH_MAX_BYTES
+                and job.task_timeout is None
+            )
+        return False
+
+    def _dispatch(self, job: Job, w: Worker) -> None:
+        start, items = job.cut(self.nworkers, w.budget)
+        src = job.source
+        if src.error is not None and src.exhausted and not job.length_sent:
+            # The input iterable raised: that exception is the result at its position.
+            job.deliver(src.pos, [None], {src.pos: src.error})
+            job.sink._set_length(src.pos + 1)
+            job.length_sent = True
+        if not len(items):
+            self._maybe_finish(job)
+            return
+        try:
+            data, oob = dumps_data(items)
+        except Exception:
+            self._split_unpicklable(job, start, items)
+            return
+        job.last_bytes = len(data) + sum(memoryview(b).nbytes for b in oob)
+        if job.task_timeout is not None:
+            track = TRACK_TIME
+            self._timers.call_later(job.task_timeout, lambda: self._check_timeout(w))
+        elif job.est is not None and job.est < TRACK_MIN_ITEM_S:
+            track = TRACK_NONE
+        elif job.est is not None and job.est < TIME_MIN_ITEM_S:
+            track = TRACK_INDEX
+        else:  # slow items, or not measured yet (probe chunks are small)
+            track = TRACK_TIME
+        payload = self._fn_for(job, w)
+        job.next_chunk_id += 1
+        chunk = Chunk(job, job.next_chunk_id, start, items, track)
+        msg = RunChunk(
+            job.id, chunk.chunk_id, start, len(items), job.kind, payload, job.fn.digest, track
+        )
+        w.inflight[(job.id, chunk.chunk_id)] = chunk
+        job.inflight += 1
+        if w.budget is not None:
+            w.budget -= len(items)
+        self._send(w, msg, [data, *oob])
+        if job.progress is not None:
+            self._progress_started(job)
+
+    def _fn_for(self, job: Job, w: Worker) -> FnPayload | None:
+        """The function payload to send: nothing if the worker holds it with the same globals."""
+        same = {name for name, digest, _ in job.fn.globals if w.globals.get(name) == digest}
+        if job.fn.digest in w.fns and len(same) == len(job.fn.globals):
+            w.fns.move_to_end(job.fn.digest)
+            return None
+        for name, digest, _ in job.fn.globals:
+            w.globals[name] = digest
+        w.fns[job.fn.digest] = None
+        w.fns.move_to_end(job.fn.digest)
+        if len(w.fns) > FN_CACHE_SIZE:
+            w.fns.popitem(last=False)
+        return job.fn.without_globals(same) if same else job.fn
+
+    def _requeue(self, job: Job, start: int, items: Any) -> None:
+        if len(items) and not job.cancelled:
+            job.retry.appendleft((start, items))
+            if job not in self._pending:
+                self._pending.appendleft(job)
+
+    def _split_unpicklable(self, job: Job, start: int, items: Any) -> None:
+        if len(items) > 1:
+            for i in reversed(range(len(items))):
+                self._requeue(job, start + i, items[i : i + 1])
+            return
+        try:
+            dumps_data(items)
+        except Exception as exc:
+            arg = items[0]
+            err = SerializationError(
+                f"item {start} (argument {short_repr(arg)}, a {type(arg).__name__}) cannot be "
+                f"pickled: {exc}. Pass data the worker can rebuild (paths, numbers, arrays), or "
+                "create such objects in the worker (in the function or an `initializer`)."
+            )
+            err.__cause__ = exc
+            job.deliver(start, [None], {start: err})
+        self._maybe_finish(job)
