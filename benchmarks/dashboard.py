@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from _libs import compile_nbpool  # noqa: E402
 from run import fmt_seconds, md_table, text_table  # noqa: E402
 
 WORKERS = 2
@@ -365,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     load_start = os.getloadavg()
+    compile_nbpool()
 
     def log(what: str) -> None:
         print(f"[{time.monotonic() - started:5.0f}s] {what}", flush=True)

@@ -519,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{elapsed:5.0f}s] {row:<6} {_libs.LABELS[lib]:<7} {what}{extra}", flush=True)
 
     load_start = os.getloadavg()[0]
+    _libs.compile_nbpool()
     iters, spin_s = calibrate()
     quick = args.quick
     params = {
