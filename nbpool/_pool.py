@@ -160,17 +160,19 @@ class Pool:
             )
         self._processes = processes
         self._serializer = serializer
-        try:
-            initargs = tuple(initargs)
-        except TypeError:
-            raise TypeError(
-                f"initargs must be an iterable of arguments for initializer, not {initargs!r}"
-            ) from None
-        init_payload = (
-            dumps_fn(initializer, serializer, role="initializer") if initializer else None
-        )
+        init_payload = None
         if initializer is not None:
+            # Without an initializer the stdlib never looks at initargs; neither do we.
+            try:
+                initargs = tuple(initargs)
+            except TypeError:
+                raise TypeError(
+                    f"initargs must be an iterable of arguments for initializer, not {initargs!r}"
+                ) from None
+            init_payload = dumps_fn(initializer, serializer, role="initializer")
             check_initargs_pickle(initargs)
+        else:
+            initargs = ()
         lifeline = os.pipe()
         started: list[Worker] = []
         try:

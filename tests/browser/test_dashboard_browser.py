@@ -140,3 +140,33 @@ def test_interrupt_long_pmap_marks_rows_interrupted(jupyter_server, page):
     page.locator(DASH).first.scroll_into_view_if_needed()
     screenshot(page, f"pmap-interrupted-{jupyter_server.kind}")
     assert not js_errors(page), page.js_errors
+
+
+def test_async_call_updates_its_own_cell_after_it_ended(jupyter_server, page):
+    """map_async returns at once; its dashboard and its workers' prints must land under the
+    cell that submitted it, while a later cell runs, and the dashboard must reach "finished"."""
+    cells = [
+        "import time, nbpool\npool = nbpool.Pool(2)\n"
+        "def work(x):\n    time.sleep(0.05)\n    if x == 30:\n        print('item 30 printed')\n"
+        "    return x",
+        "pending = pool.map_async(work, range(80))",
+        "time.sleep(3)\nprint('later cell done')",
+        "print(len(pending.get(30)))\npool.terminate()",
+    ]
+    write_notebook(jupyter_server, "async.ipynb", cells)
+    open_notebook(page, jupyter_server, "async.ipynb")
+    run_all(page)
+    wait_all_executed(page, len(cells), timeout=60)
+    code_cells = page.locator(".jp-Notebook .jp-CodeCell")
+    submitting, later = code_cells.nth(1), code_cells.nth(2)
+    submitting.locator(f"{DASH}[data-state='finished']").wait_for(timeout=15_000)
+    count = submitting.locator(".nbpool-count").text_content()
+    assert count is not None and count.strip() == "80 / 80 items"
+    assert later.locator(DASH).count() == 0
+    printed = "\n".join(submitting.locator(".jp-OutputArea-output").all_text_contents())
+    assert re.search(r"\[w\d pid \d+\] item 30 printed", printed), printed
+    later_text = "\n".join(later.locator(".jp-OutputArea-output").all_text_contents())
+    assert "item 30 printed" not in later_text and "later cell done" in later_text
+    submitting.scroll_into_view_if_needed()
+    screenshot(page, f"async-{jupyter_server.kind}")
+    assert not js_errors(page), page.js_errors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import multiprocessing
 import os
 import re
 import subprocess
@@ -270,5 +271,9 @@ def test_unpicklable_initializer_fails_fast_and_names_it():
 def test_bad_initargs_are_named():
     with pytest.raises(TypeError, match="initargs"):
         nbpool.Pool(1, initializer=f.init_state, initargs=5)
+    # Without an initializer, initargs is never used: accepted, as the stdlib does.
+    multiprocessing.get_context("spawn").Pool(1, initargs=5).terminate()
+    with nbpool.Pool(1, initargs=5) as pool:
+        assert pool.apply(abs, (-2,)) == 2
     with pytest.raises(nbpool.SerializationError, match=r"initargs\[0\]"):
         nbpool.Pool(1, initializer=f.init_state, initargs=(threading.Lock(),))
