@@ -183,13 +183,12 @@ def test_progress_true_shows_a_short_call_too(tmp_path):
 def test_a_failed_map_raises_at_once_and_its_dashboard_ends_failed(tmp_path):
     with kernel(str(tmp_path)) as (_km, kc):
         run_cell(kc, SETUP)
-        t0 = time.monotonic()
         # item 7 fails early; the other 92 items keep the workers busy for about 1 s more
         reply, msgs = timed_cell(kc, "pool.map(fails_on_7, range(100), progress=True)", ok=False)
-        took = time.monotonic() - t0
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "ValueError"
-        assert took < 0.9, took  # raised at the failure, not after the rest of the items
         _, later = timed_cell(kc, "time.sleep(1.5)")  # the other items finish meanwhile
+        # The cell raised at the failure, before the job was over: its final state came later.
+        assert all(s["state"] == "running" for _, s in dashboard_traffic(msgs)["snapshots"])
         final = dashboard_traffic(msgs + later)["snapshots"][-1][1]
         assert final["state"] == "failed"
         assert final["failed"] == 1 and final["done"] == 100
