@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +33,10 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _libs import compile_nbpool  # noqa: E402
-from run import fmt_seconds, md_table, text_table  # noqa: E402
+from run import fmt_seconds, md_table, text_table, versions, write_markdown  # noqa: E402
 
 WORKERS = 2
+DISTS = ("nbpool", "ipykernel", "jupyter_client", "anywidget", "ipywidgets")
 VARIANTS: tuple[bool | str, ...] = (False, "auto", True)
 # Serial time of one ``small`` item (calibrated): 1,000,000 of them take ~1.5 s on 2 workers.
 SMALL_US = 2.8
@@ -243,16 +242,6 @@ def git_commit() -> str:
     return head + (" + uncommitted changes in nbpool/ or js/" if dirty else "")
 
 
-def versions() -> str:
-    parts = [f"Python {platform.python_version()}", f"{os.cpu_count()} CPUs", platform.system()]
-    for dist in ("nbpool", "ipykernel", "jupyter_client", "anywidget", "ipywidgets"):
-        try:
-            parts.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            parts.append(f"{dist} (not installed)")
-    return ", ".join(parts)
-
-
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.3f}" if a and b else "—"
 
@@ -377,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     commit = git_commit()
     print(
         f"nbpool dashboard benchmark: {WORKERS} workers, {n:,} items, repeat {args.repeat}; "
-        f"{versions()}; nbpool commit {commit}",
+        f"{versions(DISTS)}; nbpool commit {commit}",
         flush=True,
     )
     error: str | None = None
@@ -460,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = f"Total runtime {total:.0f} s ({time.strftime('%Y-%m-%d %H:%M:%S')})."
 
     print()
-    print(f"nbpool dashboard cost — {versions()}")
+    print(f"nbpool dashboard cost — {versions(DISTS)}")
     print()
     if body:
         print(text_table(head, body))
@@ -477,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         "# nbpool dashboard cost",
         "",
-        f"{versions()}. Produced by `benchmarks/dashboard.py` (repeat {args.repeat}, "
+        f"{versions(DISTS)}. Produced by `benchmarks/dashboard.py` (repeat {args.repeat}, "
         f"{n:,} items" + (", --quick" if args.quick else "") + f"). {summary}",
         "",
         "## Seconds per call, with and without the dashboard",
@@ -497,11 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"- {note}" for note in notes),
         "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_suffix(".tmp")
-    tmp_out.write_text("\n".join(md), encoding="utf-8")
-    tmp_out.replace(args.output)
-    print(f"Markdown written to {args.output}")
+    write_markdown(args.output, md)
     return 1 if error else 0
 
 

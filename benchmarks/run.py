@@ -453,14 +453,23 @@ def md_table(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def versions() -> str:
+def versions(dists: tuple[str, ...] = ("nbpool", "mpire", "loky", "cloudpickle", "numpy")) -> str:
     parts = [f"Python {platform.python_version()}", f"{os.cpu_count()} CPUs", platform.system()]
-    for dist in ("nbpool", "mpire", "loky", "cloudpickle", "numpy"):
+    for dist in dists:
         try:
             parts.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
             parts.append(f"{dist} (not installed)")
     return ", ".join(parts)
+
+
+def write_markdown(path: Path, lines: list[str]) -> None:
+    """Write the report whole or not at all (a half-written file would look like a result)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    tmp.replace(path)
+    print(f"Markdown written to {path}")
 
 
 # ---------------------------------------------------------------------------- main
@@ -667,11 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"- {n}" for n in all_notes),
         "",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".tmp")
-    tmp.write_text("\n".join(md), encoding="utf-8")
-    tmp.replace(args.output)
-    print(f"Markdown written to {args.output}")
+    write_markdown(args.output, md)
     return 0
 
 

@@ -12,8 +12,8 @@ from ._engine_state import EngineState
 from ._errors import MemoryLimitError, TaskTimeoutError, WorkerLostError
 from ._jobs import Chunk
 from ._procs import Worker, describe_exit
+from ._progress import format_arg
 from ._protocol import Cancel
-from ._serialize import short_repr
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -26,15 +26,9 @@ HARD_MEMORY_FACTOR = 1.5
 
 
 def _describe_item(kind: str, item: Any) -> str:
-    if kind == "apply":  # (args, kwds)
-        args, kwds = item
-        inner = ", ".join(
-            [*map(short_repr, args), *(f"{k}={short_repr(v)}" for k, v in kwds.items())]
-        )
-        return f"arguments ({inner if len(inner) <= 60 else inner[:57] + '...'})"
-    if kind == "star":
-        return f"arguments {short_repr(item, 60)}"
-    return f"argument {short_repr(item, 60)}"
+    """For error messages: the same argument text the dashboard's rows show."""
+    args = format_arg(kind, item)
+    return f"argument {args}" if kind == "map" else f"arguments ({args})"
 
 
 class FaultsMixin(EngineState):

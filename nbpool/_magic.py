@@ -14,7 +14,7 @@ import ast
 import re
 import shlex
 
-from ._progress import FINAL_RENDER_WAIT_S
+from ._progress import await_final_render
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -157,8 +157,7 @@ def pmap(line: str, cell: str, ns: dict[str, Any]) -> Any:
         except Exception as exc:
             results.append(exc)
             first_error = first_error or exc
-    if it._progress is not None:  # the final dashboard belongs in this cell's output
-        it._progress.rendered.wait(FINAL_RENDER_WAIT_S)
+    await_final_render(it._progress)  # the final dashboard belongs in this cell's output
     name = args.output or "_pmap"
     ns[name] = results
     if first_error is not None:

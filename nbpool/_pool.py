@@ -22,7 +22,14 @@ from ._options import (
 )
 from ._output import notebook_target
 from ._procs import Worker
-from ._progress import FINAL_RENDER_WAIT_S, JobProgress, check_progress, describe_call, wants_view
+from ._progress import (
+    FINAL_RENDER_WAIT_S,
+    JobProgress,
+    await_final_render,
+    check_progress,
+    describe_call,
+    wants_view,
+)
 from ._serialize import dumps_fn
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
@@ -57,9 +64,8 @@ _job_ids = itertools.count(1)
 
 
 def _wait(result: Any) -> Any:
-    """``result.get()`` for the blocking methods; if a dashboard was shown, also wait (briefly)
-    until its final state is rendered, so that it is in the cell's output when the cell ends
-    (what a saved notebook keeps). Not after an interrupt: that must return at once."""
+    """``result.get()`` for the blocking methods, then the dashboard's final render (see
+    ``await_final_render``); not after an interrupt: that must return at once."""
     __tracebackhide__ = True
     try:
         value = result.get()
@@ -68,20 +74,10 @@ def _wait(result: Any) -> Any:
     except BaseException:
         # A failed map raises at its first failure while its other items still run: raise
         # now rather than wait for them; the dashboard goes on to its final state by itself.
-        _await_render(result, only_if_over=True)
+        await_final_render(result._progress, only_if_over=True)
         raise
-    _await_render(result)
+    await_final_render(result._progress)
     return value
-
-
-def _await_render(result: Any, only_if_over: bool = False) -> None:
-    p = result._progress
-    # Not shown by the time the result is here: it never will be (the job ends in the same
-    # dispatcher step that delivered it, with no tick in between), so there is nothing to wait.
-    if p is None or not p.shown:
-        return
-    if p.final_state is not None or not only_if_over:
-        p.rendered.wait(FINAL_RENDER_WAIT_S)
 
 
 class Pool:

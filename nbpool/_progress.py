@@ -73,6 +73,19 @@ class JobProgress:
         self.arg_cache: dict[int, tuple[Any, str]] = {}  # view thread: worker -> (item, text)
 
 
+def await_final_render(p: JobProgress | None, only_if_over: bool = False) -> None:
+    """Let a blocking call return only once its dashboard's final state is rendered (up to
+    FINAL_RENDER_WAIT_S), so that it is in the cell's output when the cell ends (what a saved
+    notebook keeps). ``only_if_over``: not if the job still runs (a call that raised at its
+    first failure while its other items go on must not wait for them)."""
+    # Not shown by the time the result is here: it never will be (the job ends in the same
+    # dispatcher step that delivered it, with no tick in between), so there is nothing to wait.
+    if p is None or not p.shown:
+        return
+    if p.final_state is not None or not only_if_over:
+        p.rendered.wait(FINAL_RENDER_WAIT_S)
+
+
 def wants_view(mode: Any, in_notebook: bool) -> str | None:
     """Which view a call gets: ``"widget"``, ``"text"`` or None."""
     if mode is False:

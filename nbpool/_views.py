@@ -71,19 +71,22 @@ class TextView:
         )
 
     def update(self, snap: dict[str, Any]) -> None:
+        self._set(snap)
+        self.bar.refresh()
+
+    def close(self, snap: dict[str, Any]) -> None:
+        if snap["state"] != "finished":
+            self.bar.set_description(f"{self.title} [{snap['state']}]", refresh=False)
+        self._set(snap)
+        self.bar.close()  # draws the final state once
+
+    def _set(self, snap: dict[str, Any]) -> None:
         if snap["total"] is not None and self.bar.total != snap["total"]:
             self.bar.total = snap["total"]
         self.bar.n = snap["done"]
         busy = sum(1 for w in snap["workers"] if w["state"] == "busy")
         postfix = f"{busy} busy" + (f", {snap['failed']} failed" if snap["failed"] else "")
         self.bar.set_postfix_str(postfix, refresh=False)
-        self.bar.refresh()
-
-    def close(self, snap: dict[str, Any]) -> None:
-        if snap["state"] != "finished":
-            self.bar.set_description(f"{self.title} [{snap['state']}]", refresh=False)
-        self.update(snap)
-        self.bar.close()
 
 
 class ViewThread:

@@ -63,6 +63,35 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# Where a kernel, a Jupyter server or IPython would write: all of it goes under a test folder.
+_JUPYTER_DIRS = {
+    "HOME": "home",
+    "JUPYTER_CONFIG_DIR": "jupyter/config",
+    "JUPYTER_DATA_DIR": "jupyter/data",
+    "JUPYTER_RUNTIME_DIR": "jupyter/runtime",
+    "IPYTHONDIR": "ipython",
+    "XDG_CONFIG_HOME": "xdg/config",
+    "XDG_DATA_HOME": "xdg/data",
+    "XDG_CACHE_HOME": "xdg/cache",
+    "XDG_STATE_HOME": "xdg/state",
+    "XDG_RUNTIME_DIR": "xdg/runtime",
+    "MPLCONFIGDIR": "mpl",
+    "TMPDIR": "tmp",
+}
+
+
+def jupyter_dirs(base: str | os.PathLike[str]) -> dict[str, str]:
+    """HOME, the Jupyter, IPython and XDG folders and TMPDIR, created under ``base``: the
+    variables to set (with ``clean_env(**...)``) so that nothing touches the user's own."""
+    dirs = {}
+    for var, sub in _JUPYTER_DIRS.items():
+        path = os.path.join(base, sub)
+        os.makedirs(path, exist_ok=True)
+        dirs[var] = path
+    os.chmod(dirs["XDG_RUNTIME_DIR"], 0o700)  # jupyter_core warns about a looser one
+    return dirs
+
+
 @pytest.fixture
 def python() -> str:
     return sys.executable

@@ -44,6 +44,7 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import clean_env, jupyter_dirs  # tests/conftest.py (this folder is a package)
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
@@ -184,35 +185,14 @@ def isolated_env(base: Path) -> dict[str, str]:
     Drops PYTEST_* (a kernel inheriting PYTEST_CURRENT_TEST stops forwarding child-process output)
     and makes the repository importable in kernels (nbpool is also installed editable in .venv).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    dirs = {
-        "HOME": "home",
-        "JUPYTER_CONFIG_DIR": "jconfig",
-        "JUPYTER_DATA_DIR": "jdata",
-        "JUPYTER_RUNTIME_DIR": "jruntime",
-        "IPYTHONDIR": "ipython",
-        "XDG_CACHE_HOME": "cache",
-        "XDG_CONFIG_HOME": "config",
-        "XDG_DATA_HOME": "data",
-        "XDG_STATE_HOME": "state",
-        "XDG_RUNTIME_DIR": "xdgrun",
-        "MPLCONFIGDIR": "mpl",
-        "TMPDIR": "tmp",
-    }
-    for var, sub in dirs.items():
-        path = base / sub
-        path.mkdir(parents=True, exist_ok=True)
-        env[var] = str(path)
-    (base / "xdgrun").chmod(0o700)
+    env = clean_env(**jupyter_dirs(base))
     env.pop("JUPYTER_PATH", None)  # no extra data dirs from the caller
     # In a venv jupyter_core searches the env's dirs (.venv/share/jupyter) before the user's; we
     # want the isolated user dirs first, so that our kernelspec (see _write_kernelspec) wins.
     env["JUPYTER_PREFER_ENV_PATH"] = "0"
     env.pop("JUPYTERLAB_SETTINGS_DIR", None)
     env.pop("JUPYTERLAB_WORKSPACES_DIR", None)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT), str(TESTS), *filter(None, [env.get("PYTHONPATH")])]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env["PYTHONPATH"]])  # tests/ is in it
     env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # ipykernel's debugger warning on frozen modules

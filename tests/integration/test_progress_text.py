@@ -23,15 +23,14 @@ print("done")
 """
 
 
-def run(pool_args: str = "", call_args: str = "") -> subprocess.CompletedProcess[str]:
-    code = SCRIPT.format(pool_args=pool_args, call_args=call_args)
+def python_c(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(),
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env()
     )
+
+
+def run(pool_args: str = "", call_args: str = "") -> subprocess.CompletedProcess[str]:
+    return python_c(SCRIPT.format(pool_args=pool_args, call_args=call_args))
 
 
 @pytest.mark.smoke
@@ -71,9 +70,7 @@ def test_a_failed_call_says_so_on_its_bar():
         # bar reaches its final state (a terminate would end it as 'stopped')
         "p.close()\np.join()\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env()
-    )
+    out = python_c(code)
     assert out.stdout == "raised\n", out.stderr
     assert "[failed]" in out.stderr and "1 failed" in out.stderr
 

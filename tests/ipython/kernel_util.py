@@ -7,27 +7,11 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from conftest import ROOT, clean_env
+from conftest import ROOT, clean_env, jupyter_dirs
 
 
 def isolated_env(tmp: str) -> dict[str, str]:
-    dirs = {
-        "HOME": "home",
-        "JUPYTER_CONFIG_DIR": "jconfig",
-        "JUPYTER_DATA_DIR": "jdata",
-        "JUPYTER_RUNTIME_DIR": "jruntime",
-        "IPYTHONDIR": "ipython",
-        "XDG_CACHE_HOME": "cache",
-        "XDG_CONFIG_HOME": "config",
-        "XDG_DATA_HOME": "data",
-        "MPLCONFIGDIR": "mpl",
-    }
-    env = clean_env()
-    for var, sub in dirs.items():
-        path = os.path.join(tmp, sub)
-        os.makedirs(path, exist_ok=True)
-        env[var] = path
-    return env
+    return clean_env(**jupyter_dirs(tmp))
 
 
 @contextlib.contextmanager

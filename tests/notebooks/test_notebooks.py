@@ -22,7 +22,7 @@ import time
 import nbformat
 import psutil
 import pytest
-from conftest import ROOT, clean_env
+from conftest import ROOT, clean_env, jupyter_dirs
 from nbclient import NotebookClient
 
 NOTEBOOKS_DIR = pathlib.Path(ROOT) / "notebooks"
@@ -38,23 +38,11 @@ SHUTDOWN_GRACE_S = 10
 def isolate(base: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Point HOME, the Jupyter/IPython/XDG dirs and TMPDIR under ``base``, in this process (where
     nbclient writes the connection file) and in the returned environment for the kernel."""
-    dirs = {
-        "HOME": base / "home",
-        "JUPYTER_CONFIG_DIR": base / "jupyter" / "config",
-        "JUPYTER_DATA_DIR": base / "jupyter" / "data",
-        "JUPYTER_RUNTIME_DIR": base / "jupyter" / "runtime",
-        "IPYTHONDIR": base / "ipython",
-        "XDG_CONFIG_HOME": base / "xdg" / "config",
-        "XDG_DATA_HOME": base / "xdg" / "data",
-        "XDG_CACHE_HOME": base / "xdg" / "cache",
-        "XDG_RUNTIME_DIR": base / "xdg" / "runtime",
-        "TMPDIR": base / "tmp",
-    }
+    dirs = jupyter_dirs(base)
     for name, path in dirs.items():
-        path.mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(name, str(path))
+        monkeypatch.setenv(name, path)
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")  # no jupyter_core migration warning
-    return clean_env(JUPYTER_PLATFORM_DIRS="1", **{n: str(p) for n, p in dirs.items()})
+    return clean_env(JUPYTER_PLATFORM_DIRS="1", **dirs)
 
 
 @pytest.fixture
@@ -163,12 +151,17 @@ def test_notebook_runs_without_errors(path, jupyter_env):
     assert not untagged, untagged
 
 
+def run_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> nbformat.NotebookNode:
+    """notebooks/<name>.ipynb executed in a folder of its own (for a module-scoped fixture: the
+    notebook runs once for all the checks on it)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        env = isolate(tmp_path_factory.mktemp(name), monkeypatch)
+        return execute(NOTEBOOKS_DIR / f"{name}.ipynb", env)
+
+
 @pytest.fixture(scope="module")
 def tour(tmp_path_factory) -> nbformat.NotebookNode:
-    """The executed tour, run once for all the checks below."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        env = isolate(tmp_path_factory.mktemp("tour"), monkeypatch)
-        return execute(NOTEBOOKS_DIR / "tour.ipynb", env)
+    return run_once(tmp_path_factory, "tour")
 
 
 @pytest.mark.kernel
@@ -296,9 +289,7 @@ def test_tour_pmap(tour):
 
 @pytest.fixture(scope="module")
 def dashboard_nb(tmp_path_factory) -> nbformat.NotebookNode:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        env = isolate(tmp_path_factory.mktemp("dashboard"), monkeypatch)
-        return execute(NOTEBOOKS_DIR / "dashboard.ipynb", env)
+    return run_once(tmp_path_factory, "dashboard")
 
 
 @pytest.mark.kernel
@@ -326,9 +317,7 @@ def test_dashboard_notebook_pool_view(dashboard_nb):
 
 @pytest.fixture(scope="module")
 def magics_nb(tmp_path_factory) -> nbformat.NotebookNode:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        env = isolate(tmp_path_factory.mktemp("magics"), monkeypatch)
-        return execute(NOTEBOOKS_DIR / "magics.ipynb", env)
+    return run_once(tmp_path_factory, "magics")
 
 
 @pytest.mark.kernel
@@ -347,9 +336,7 @@ def test_magics_notebook(magics_nb):
 
 @pytest.fixture(scope="module")
 def output_nb(tmp_path_factory) -> nbformat.NotebookNode:
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        env = isolate(tmp_path_factory.mktemp("output"), monkeypatch)
-        return execute(NOTEBOOKS_DIR / "output.ipynb", env)
+    return run_once(tmp_path_factory, "output")
 
 
 def streams(nb: nbformat.NotebookNode, cell_id: str, name: str) -> str:
