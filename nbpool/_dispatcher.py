@@ -44,6 +44,7 @@ import threading
 import weakref
 
 from ._errors import PoolClosedError
+from ._events import EventThread
 from ._faults import MEMORY_CHECK_S, FaultsMixin
 from ._inbox import InboxMixin
 from ._jobs import Job
@@ -143,6 +144,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             self._spawn(i, started[i] if i < len(started) else None)
         if max_memory is not None:
             self._timers.call_later(MEMORY_CHECK_S, self._check_memory)
+        self.events = EventThread("nbpool-callbacks")  # callbacks and log records (_events)
         self._thread = threading.Thread(target=self._run, name="nbpool-dispatcher", daemon=True)
         self._thread.start()
         _LIVE.add(self)
@@ -170,6 +172,28 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    def force_stop(self) -> None:
+        """From a caller thread, when the dispatcher did not stop in time (it is stuck in user
+        code, e.g. an input iterator that blocks): kill the workers and fail every result.
+
+        The dispatcher's own sets may change under us if it is merely slow, not stuck: the
+        copies are retried, and killing or failing twice does no harm.
+        """
+        err = PoolClosedError("the pool was terminated before this result was ready")
+        for _ in range(100):
+            try:
+                workers, jobs = list(self._all), list(self._jobs.values())
+                break
+            except RuntimeError:  # changed size during iteration
+                continue
+        else:
+            return
+        for w in workers:
+            w.kill()
+        for job in jobs:
+            job.sink._abort(err)
+        self.events.close()
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._slots if w is not None and not w.dead]
@@ -319,8 +343,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             job.sink._abort(err)
         workers = list(self._all)
         for w in workers:
-            if w.proc.poll() is None:
-                w.kill()
+            w.kill()  # (not poll() first: reaping here would free its group id for reuse)
         for w in workers:
             self._on_death(w)
         self._jobs.clear()
@@ -335,6 +358,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
                 if isinstance(cmd, Submit):
                     cmd.job.sink._abort(err)
             self._commands.clear()
+        self.events.close()  # not joined: a callback may be the one calling terminate()
         # Progress last, once the workers are gone and every caller is answered: a slow
         # frontend can delay the end of this thread (2 s at most), never the pool's shutdown.
         for job in jobs:

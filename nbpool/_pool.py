@@ -6,6 +6,7 @@ jobs; it starts no thread and touches no pipe (that is ``_dispatcher``'s job).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import warnings
@@ -59,6 +60,10 @@ def _import_the_rest() -> None:
 __all__ = ["Pool"]
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+# terminate(): how long the dispatcher gets to stop before the workers are killed from the
+# calling thread, and how long the callbacks already queued get to finish.
+TERMINATE_WAIT_S = 5.0
+CALLBACK_WAIT_S = 1.0
 _SERIALIZERS = ("cloudpickle", "dill")
 _job_ids = itertools.count(1)
 
@@ -208,11 +213,20 @@ class Pool:
             self._engine.close()
 
     def terminate(self) -> None:
-        """Stop the workers now; results not yet ready fail with ``PoolClosedError``."""
+        """Stop the workers now; results not yet ready fail with ``PoolClosedError``.
+
+        Returns within a few seconds whatever the pool is doing: if its dispatcher does not
+        stop in time (it is stuck in your code, say an input iterator that blocks), the workers
+        are killed from here and every waiting result fails.
+        """
         self._state = _TERMINATE
-        if self._engine is not None:
-            self._engine.terminate()
-            self._engine.join()
+        engine = self._engine
+        if engine is not None:
+            engine.terminate()
+            engine.join(TERMINATE_WAIT_S)
+            if engine.is_alive():
+                engine.force_stop()
+            engine.events.join(CALLBACK_WAIT_S)
 
     def join(self) -> None:
         """Wait for the workers to exit; call ``close()`` or ``terminate()`` first."""
@@ -220,6 +234,7 @@ class Pool:
             raise ValueError("Pool is still running")
         if self._engine is not None:
             self._engine.join()
+            self._engine.events.join(CALLBACK_WAIT_S)
 
     def dashboard(self) -> None:
         """Show a live dashboard of the whole pool (every worker, every call) under the cell.
@@ -279,7 +294,9 @@ class Pool:
             "interrupted: the job was cancelled (queued items dropped, running ones stopped); "
             "results already delivered stay available"
         )
-        sink._canceller = lambda: engine.cancel(job.id, reason)
+        # The job's id, never the job: a result must not keep the job's payload alive.
+        sink._canceller = functools.partial(engine.cancel, job.id, reason)
+        sink._events, sink._cell = engine.events, job.output_target
         engine.submit(job)
 
     def apply_async(

@@ -14,10 +14,12 @@ import collections
 import contextlib
 import mmap
 import os
+import select
 import signal
 import subprocess
 import sys
 
+from ._proctree import kill_group, kill_tree
 from ._protocol import STAGE_IDLE, Channel, channel_pair
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
@@ -113,20 +115,39 @@ class Worker:
         return chunk, STAGE_IDLE  # not started on it yet
 
     def kill(self, reason: BaseException | None = None, note: str = "") -> None:
+        """SIGKILL the worker, its process group and its descendants (see ``_proctree``)."""
         if reason is not None and self.kill_reason is None:
             self.kill_reason = reason
         if note and not self.kill_note:
             self.kill_note = note
-        with contextlib.suppress(OSError):
-            self.proc.send_signal(signal.SIGKILL)
+        if self.proc.returncode is None:  # not reaped: its pid (and group id) is still ours
+            kill_tree(self.pid)
+
+    def _exited(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the process to exit, without reaping it (pidfd)."""
+        if self.pidfd is None:
+            return False
+        return bool(select.select([self.pidfd], [], [], timeout)[0])
 
     def reap(self) -> int:
-        """Wait for the exit status (the process is gone or going); close what we hold."""
+        """Wait for the exit status (the process is gone or going); close what we hold.
+
+        Whatever is left in its process group (a subprocess a task started and did not wait
+        for) is killed before the worker is reaped: until then its pid, which is the group's
+        id, cannot be reused by another process.
+        """
+        if self.proc.returncode is None and self.pidfd is not None:
+            if not self._exited(2):
+                kill_tree(self.pid)
+                self._exited(2)
+            kill_group(self.pid)
         try:
             code = self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            kill_tree(self.pid)
             code = self.proc.wait()
+        if self.pidfd is None:  # no pidfd (old kernel): the group goes after the reap
+            kill_group(self.pid)
         self.ch.close()
         if self.pidfd is not None:
             os.close(self.pidfd)

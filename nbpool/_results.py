@@ -1,7 +1,10 @@
 """Result objects with ``multiprocessing.pool`` semantics.
 
 The dispatcher thread fills them (``_deliver``, ``_set_length``, ``_abort``); user threads read
-them. Callbacks run in the dispatcher thread before ``get()`` returns, as in the stdlib.
+them. A callback runs before ``get()`` returns, as in the stdlib, but in the pool's callback
+thread (``_events``), never in the dispatcher: a callback that blocks, or calls the pool
+itself, cannot freeze the pool. A finished result holds its value and nothing else (not its
+job, its function or its arguments).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from ._errors import TimeoutError
+from ._events import current_event_thread
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -28,8 +32,8 @@ def _run_callback(cb: Callable[[Any], object] | None, arg: Any) -> None:
     try:
         cb(arg)
     except Exception:
-        # A broken callback must not take the dispatcher down (the stdlib's result thread dies
-        # and every later get() hangs); report it the way an unraisable exception is reported.
+        # A broken callback must not take the callback thread down (the stdlib's result thread
+        # dies and every later get() hangs); report it as an unraisable exception is reported.
         print("Exception in nbpool callback:", file=sys.stderr)
         import traceback
 
@@ -63,9 +67,15 @@ class ApplyResult:
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
+        self._done = False  # the outcome is decided (its callback may still be running)
         self._success = False
         self._value: Any = None
-        self._canceller: Callable[[], None] | None = None  # set by the pool on submission
+        # Set by the pool on submission: how to cancel the job (it holds the job's id, never
+        # the job), where callbacks run, and the cell they print to.
+        self._canceller: Callable[[], None] | None = None
+        self._events: Any = None  # the pool's _events.EventThread
+        self._cell: Any = None
+        self._waker: Callable[[], None] | None = None  # a callback thread waiting on us
         self._progress: Any = None  # its job's _progress.JobProgress, if it has a view
 
     def ready(self) -> bool:
@@ -78,6 +88,13 @@ class ApplyResult:
 
     def wait(self, timeout: float | None = None) -> None:
         __tracebackhide__ = True  # IPython and pytest hide this frame: the error is not in here
+        pump = current_event_thread()
+        if pump is not None and not self._event.is_set():
+            # We are a callback waiting for a result: its own callback may be queued behind us
+            # in this very thread, so run the queue while we wait (see _events).
+            self._waker = pump.wake
+            pump.pump_until(self._event.is_set, timeout)
+            return
         try:
             self._event.wait(timeout)
         except KeyboardInterrupt:
@@ -97,11 +114,31 @@ class ApplyResult:
 
     # -- dispatcher side
     def _finish(self, success: bool, value: Any) -> None:
-        if self._event.is_set():
+        if self._done:
             return
+        self._done = True
         self._success, self._value = success, value
-        _run_callback(self._callback if success else self._error_callback, value)
+        cb = self._callback if success else self._error_callback
+        self._callback = self._error_callback = self._canceller = None
+        if cb is None:
+            self._set_ready()
+        elif self._events is None:  # not submitted through a pool (tests of this class)
+            self._complete(cb, value)
+        else:
+            self._events.post(self._complete, (cb, value), self._cell)
+
+    def _complete(self, cb: Callable[[Any], object], value: Any) -> None:
+        """In the callback thread: the callback, then ``get()`` may return."""
+        try:
+            _run_callback(cb, value)
+        finally:
+            self._set_ready()
+
+    def _set_ready(self) -> None:
         self._event.set()
+        waker = self._waker
+        if waker is not None:
+            waker()
 
     def _set_length(self, n: int) -> None:
         pass
@@ -113,7 +150,10 @@ class ApplyResult:
             self._finish(True, values[0])
 
     def _abort(self, exc: BaseException) -> None:
+        """The pool is gone (or the job was cancelled): ready now, whatever its callback does.
+        Its error callback, if any, still runs, in the callback thread."""
         self._finish(False, exc)
+        self._set_ready()
 
 
 AsyncResult = ApplyResult

@@ -33,6 +33,7 @@ import sys
 import time
 from collections import OrderedDict, deque
 
+from ._proctree import exit_with_tree
 from ._protocol import (
     FN_CACHE_SIZE,
     STAGE_IDLE,
@@ -164,20 +165,22 @@ def _watch_parent(lifeline: int) -> None:
         while os.read(lifeline, 1):
             pass
     finally:
-        os._exit(0)  # busy or not: nobody will read what we compute
+        # Busy or not: nobody will read what we compute. What our tasks started goes too.
+        exit_with_tree(0)
 
 
-def _take(ch: Channel, pending: deque, cancelled: set[int], block: bool) -> None:
-    """Move messages from the socket to ``pending``: one (waiting for it) if ``block``, then all
-    that are already there. Cancels are noted at once, ahead of the chunks queued before them."""
+def _take(ch: Channel, pending: deque, cancelled: set[int]) -> None:
+    """Move messages from the socket to ``pending``: wait while there is nothing to run, then
+    take every message already there. Cancels are noted at once, ahead of the chunks queued
+    before them. A Cancel can arrive while we wait for work (the kernel sent it before it read
+    our last ChunkDone): it is noted and we go on waiting."""
     while True:
-        if not block and not select.select([ch.fd], [], [], 0)[0]:
+        if pending and not select.select([ch.fd], [], [], 0)[0]:
             return
-        block = False
         try:
             msg, buffers = ch.recv()
         except (EOFError, OSError):
-            os._exit(0)  # the caller closed our socket or died
+            exit_with_tree(0)  # the caller closed our socket or died
         if isinstance(msg, Cancel):
             cancelled.add(msg.job_id)
         else:
@@ -199,7 +202,7 @@ def main() -> None:
     try:
         hello, buffers = ch.recv()
     except EOFError:
-        os._exit(0)
+        exit_with_tree(0)
     assert isinstance(hello, Hello)
     wid = hello.worker_id
     own_path = sys.path[0]
@@ -221,7 +224,7 @@ def main() -> None:
     fns: OrderedDict[bytes, Any] = OrderedDict()
 
     while True:
-        _take(ch, pending, cancelled, block=not pending)
+        _take(ch, pending, cancelled)
         msg, buffers = pending.popleft()
         if isinstance(msg, Shutdown):
             break

@@ -199,3 +199,17 @@ def partial_line(x):
 def nap(seconds):
     time.sleep(seconds)
     return seconds
+
+
+def spawn_sleep(args):
+    """Start ``sleep 61`` (in our process group, or in a session of its own), write its pid to
+    ``path``, then wait for it: a task whose subprocess must not outlive the worker."""
+    import subprocess
+
+    path, own_session = args
+    child = subprocess.Popen(["sleep", "61"], start_new_session=own_session)
+    with open(path + ".tmp", "w") as fh:
+        fh.write(str(child.pid))
+    os.rename(path + ".tmp", path)
+    child.wait()
+    return child.pid

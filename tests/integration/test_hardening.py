@@ -1,0 +1,238 @@
+"""Issue 8, what a new user broke: callbacks, cancels, memory held by results, subprocesses."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import nbfuncs as f
+import pytest
+from conftest import clean_env
+from proc_util import alive, wait_for_file, wait_gone
+
+import nbpool
+from nbpool import _pool
+
+# ---------------------------------------------------------------- callbacks off the dispatcher
+
+
+def test_a_callback_may_use_the_pool_and_the_pool_goes_on():
+    """The new user's case: a callback that calls pool.map froze every later call for good."""
+    with nbpool.Pool(2) as pool:
+        seen = []
+        r = pool.apply_async(abs, (-2,), callback=lambda v: seen.append((v, pool.map(abs, [-1]))))
+        assert r.get(10) == 2
+        assert seen == [(2, [1])]  # the callback ran, and before get() returned
+        assert pool.map(abs, [-3, -4]) == [3, 4]
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 5  # __exit__ is terminate()
+
+
+def test_a_callback_waiting_for_a_result_whose_callback_is_queued_behind_it():
+    """Both callbacks run in one thread: the first one's wait runs the second meanwhile."""
+    with nbpool.Pool(2) as pool:
+        order = []
+        gate = threading.Event()
+        second = pool.apply_async(f.nap, (0.3,), callback=lambda v: order.append("second"))
+
+        def first_cb(_v):
+            gate.wait(10)  # hold this thread until `second` is ready behind us
+            order.append(("first sees", second.get(10)))
+
+        first = pool.apply_async(abs, (-1,), callback=first_cb)
+        time.sleep(0.5)  # first's callback is now blocked, second's is queued behind it
+        gate.set()
+        assert first.get(10) == 1
+        assert second.get(10) == 0.3
+        assert order == ["second", ("first sees", 0.3)]
+
+
+def test_a_blocked_callback_delays_only_later_callbacks():
+    with nbpool.Pool(2) as pool:
+        release = threading.Event()
+        stuck = pool.apply_async(abs, (-1,), callback=lambda v: release.wait(30))
+        time.sleep(0.2)
+        assert pool.map(abs, [-5]) == [5]  # the dispatcher is free
+        assert pool.apply_async(abs, (-6,)).get(10) == 6
+        assert not stuck.ready()  # its callback has not returned yet
+        release.set()
+        assert stuck.get(10) == 1
+
+
+def test_a_callback_may_terminate_its_pool():
+    pool = nbpool.Pool(2)
+    done = threading.Event()
+
+    def cb(_v):
+        pool.terminate()
+        done.set()
+
+    pool.apply_async(abs, (-1,), callback=cb)
+    assert done.wait(10)
+    pool.join()
+    with pytest.raises(ValueError):
+        pool.map(abs, [1])
+
+
+def test_terminate_returns_when_the_dispatcher_is_stuck_in_user_code(monkeypatch):
+    """An input iterator that blocks holds the dispatcher; terminate() still returns, having
+    killed the workers itself, and every waiting result fails."""
+    monkeypatch.setattr(_pool, "TERMINATE_WAIT_S", 1.0)
+    release = threading.Event()
+
+    def blocking_items():
+        yield 1
+        release.wait(60)  # the dispatcher pulls this in its own thread
+        yield 2
+
+    pool = nbpool.Pool(1)
+    pids = pool._engine.worker_pids()
+    other = pool.apply_async(f.nap, (30,))
+    it = pool.imap(abs, blocking_items(), 1)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    pool.terminate()
+    assert time.monotonic() - t0 < 5
+    assert wait_gone(pids) == []
+    with pytest.raises(nbpool.PoolClosedError):
+        other.get(5)
+    release.set()  # let the dispatcher thread end (the test must not leave it behind)
+    pool._engine.join(10)
+    assert not pool._engine.is_alive()
+    del it
+
+
+# ---------------------------------------------------------------- a cancel while a worker is idle
+
+
+def test_a_cancel_that_reaches_an_idle_worker_is_noted_not_fatal():
+    """The worker waits for work and gets a Cancel first (the kernel sent it before it read the
+    worker's last ChunkDone): it used to die with `pop from an empty deque`."""
+    from nbpool._procs import Worker
+    from nbpool._protocol import Cancel, ChunkDone, Hello, Ready, RunChunk
+    from nbpool._serialize import dumps_data, dumps_fn
+
+    lifeline_r, lifeline_w = os.pipe()
+    w = Worker(0, lifeline_r)
+    try:
+        w.ch.send(Hello(0, tuple(sys.path), None))
+        msg, _ = w.ch.recv(timeout=30)
+        assert isinstance(msg, Ready)
+        w.ch.send(Cancel(0, 7))  # for a job the worker has nothing of
+        time.sleep(0.3)  # it is now blocked waiting for work, with the Cancel taken
+        fn = dumps_fn(abs)
+        data, oob = dumps_data([-3, -4])
+        w.ch.send(RunChunk(8, 1, 0, 2, "map", fn, fn.digest), [data, *oob])
+        msg, buffers = w.ch.recv(timeout=30)
+        assert isinstance(msg, ChunkDone) and not msg.failures
+        from nbpool._serialize import loads_data
+
+        assert loads_data(buffers[0], buffers[1:]) == [3, 4]
+        # ... and a chunk of the cancelled job is skipped, not run
+        w.ch.send(RunChunk(7, 1, 0, 2, "map", None, fn.digest), [data, *oob])
+        msg, _ = w.ch.recv(timeout=30)
+        assert isinstance(msg, ChunkDone) and msg.skipped
+        assert w.proc.poll() is None
+    finally:
+        w.kill()
+        w.reap()
+        os.close(lifeline_r)
+        os.close(lifeline_w)
+
+
+# ---------------------------------------------------------------- finished results hold nothing
+
+
+def test_a_finished_result_keeps_nothing_of_its_job():
+    """Results used to keep their job (pickled function, its globals, the arguments) alive
+    through the interrupt canceller: 20 calls reading a 100 MB global held 2 GB."""
+    from nbpool._jobs import Job
+
+    gc.collect()
+    before = {id(o) for o in gc.get_objects() if isinstance(o, Job)}  # other tests' leftovers
+    with nbpool.Pool(2) as pool:
+        results = [pool.apply_async(f.sq, (i,), callback=lambda v: None) for i in range(20)]
+        results += [pool.map_async(f.sq, range(50)), pool.imap(f.sq, range(50))]
+        assert [r.get(10) for r in results[:20]] == [i * i for i in range(20)]
+        assert results[20].get(10) == [i * i for i in range(50)]
+        assert list(results[21]) == [i * i for i in range(50)]
+        time.sleep(0.2)  # the dispatcher's last bookkeeping after the results are in
+        gc.collect()
+        jobs = [o for o in gc.get_objects() if isinstance(o, Job) and id(o) not in before]
+        assert jobs == []
+        assert all(r._canceller is None for r in results[:21])
+
+
+# ---------------------------------------------------------------- a task's subprocesses
+
+
+def _sleep_pids(tmp_path, n):
+    return [int(wait_for_file(str(tmp_path / f"child{i}"))) for i in range(n)]
+
+
+@pytest.mark.parametrize("own_session", [False, True], ids=["in-group", "own-session"])
+@pytest.mark.parametrize("how", ["task_timeout", "terminate", "interrupt"])
+def test_subprocesses_of_a_task_end_with_its_worker(tmp_path, how, own_session):
+    items = [(str(tmp_path / f"child{i}"), own_session) for i in range(2)]
+    timeout = 1.0 if how == "task_timeout" else None
+    pool = nbpool.Pool(2, task_timeout=timeout)
+    children: list[int] = []
+    try:
+        result = pool.map_async(f.spawn_sleep, items, 1)
+        children = _sleep_pids(tmp_path, 2)
+        assert all(alive(p) for p in children)
+        if how == "task_timeout":
+            with pytest.raises(nbpool.TaskTimeoutError):
+                result.get(30)
+        elif how == "terminate":
+            pool.terminate()
+        else:
+            timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            with pytest.raises(KeyboardInterrupt):
+                result.get(30)
+            timer.join()
+        assert wait_gone(children) == []
+        assert pool.map(abs, [-1]) == [1] if how != "terminate" else True
+    finally:
+        pool.terminate()
+        for p in children:  # never leave a sleep behind, even when the test fails
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+CALLER = """
+import sys, nbpool, nbfuncs
+pool = nbpool.Pool(1)
+r = pool.apply_async(nbfuncs.spawn_sleep, ((sys.argv[1], sys.argv[2] == "1"),))
+r.get()
+"""
+
+
+@pytest.mark.parametrize("own_session", [False, True], ids=["in-group", "own-session"])
+def test_subprocesses_of_a_task_end_when_the_caller_is_killed(tmp_path, own_session):
+    """The kernel is SIGKILLed (a restart, a crash): the worker sees its lifeline close and
+    takes what its tasks started with it."""
+    path = str(tmp_path / "child")
+    caller = subprocess.Popen(
+        [sys.executable, "-c", CALLER, path, "1" if own_session else "0"], env=clean_env()
+    )
+    child = 0
+    try:
+        child = int(wait_for_file(path))
+        import psutil
+
+        workers = psutil.Process(caller.pid).children()
+        caller.kill()
+        caller.wait(10)
+        assert wait_gone([w.pid for w in workers] + [child]) == []
+    finally:
+        caller.kill()
+        caller.wait(10)
+        if child and alive(child):
+            os.kill(child, signal.SIGKILL)
