@@ -49,7 +49,7 @@ from ._faults import MEMORY_CHECK_S, FaultsMixin
 from ._inbox import InboxMixin
 from ._jobs import Job
 from ._message import Message
-from ._output import LineBuffer, TerminalOutput
+from ._output import LineBuffer, OutputTarget, Router, caller_log_levels
 from ._procs import Worker
 from ._progress import ProgressMixin
 from ._protocol import (
@@ -100,7 +100,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         initargs: tuple[Any, ...],
         maxtasksperchild: int | None,
         max_memory: int | None = None,
-        output: Any = None,
+        init_output: OutputTarget | None = None,
         lifeline: tuple[int, int] | None = None,
         started: Sequence[Worker] = (),
     ) -> None:
@@ -109,7 +109,8 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         self._initargs = dumps_data(tuple(initargs)) if initializer is not None else None
         self._maxtasks = maxtasksperchild
         self._max_memory = max_memory
-        self.output = output or TerminalOutput()
+        self.router = Router()  # worker output to its targets (_output)
+        self.init_output = init_output  # where the initializer's output goes
         self._commands: collections.deque[Any] = collections.deque()
         # Guards the wake pipe's write end: once the dispatcher has closed it, a late command
         # (a finalizer, atexit) must not write to that fd number, which may belong to someone
@@ -281,10 +282,9 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         self._sel.register(w.ch.fileno(), selectors.EVENT_READ, ("sock", w))
         if w.pidfd is not None:
             self._sel.register(w.pidfd, selectors.EVENT_READ, ("pidfd", w))
-        w.line_bufs = {}  # type: ignore[attr-defined]
         for fd in w.out_fds:
             os.set_blocking(fd, False)
-            w.line_bufs[fd] = LineBuffer()  # type: ignore[attr-defined]
+            w.line_bufs[fd] = LineBuffer()
             self._sel.register(fd, selectors.EVENT_READ, ("out", w, fd))
         buffers: list[Any] = []
         if self._initializer is not None:
@@ -292,7 +292,8 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             data, oob = self._initargs
             buffers = [data, *oob]
             w.globals = {name: digest for name, digest, _ in self._initializer.globals}
-        self._send(w, Hello(slot, tuple(sys.path), self._initializer), buffers)
+        w.log_levels = caller_log_levels()  # (this thread reads the caller's logging config)
+        self._send(w, Hello(slot, tuple(sys.path), self._initializer, w.log_levels), buffers)
 
     def _respawn(self) -> None:
         work_waiting = any(job.has_work() for job in self._pending)
@@ -325,6 +326,8 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         if not job.done() or job.id not in self._jobs:
             return
         del self._jobs[job.id]
+        for w in self._all:  # its workers' unfinished lines go to its cell, now
+            self._flush_partials(w, job.id)
         src = job.source
         if not job.length_sent:
             job.sink._set_length(src.pos + (1 if src.error is not None else 0))

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from ._events import EventThread
     from ._jobs import Chunk, Job
+    from ._output import OutputTarget, Router
     from ._procs import Worker
     from ._timers import Timers
 
@@ -31,7 +33,9 @@ class EngineState:
     _terminating: bool
     _closing: bool
     _max_memory: int | None
-    output: Any
+    router: Router
+    events: EventThread
+    init_output: OutputTarget | None
     _send: Callable[..., bool]
     _retire: Callable[[Worker], None]
     _requeue: Callable[[Job, int, Any], None]
@@ -39,6 +43,7 @@ class EngineState:
     _pop_chunk: Callable[[Worker, int, int], Chunk | None]
     _read_output: Callable[[Worker, int], str]
     _flush_output: Callable[[Worker, int], None]
+    _flush_partials: Callable[..., None]
     _row: Callable[[Job | None, int, Worker | None, float], dict[str, Any]]
     _progress_ended: Callable[[Job | None, str], None]
     _progress_interrupted: Callable[[Job], None]

@@ -11,7 +11,7 @@ import os
 from ._engine_state import EngineState
 from ._errors import RemoteTraceback, SerializationError
 from ._jobs import Chunk
-from ._output import PARTIAL_LINE_S, LineBuffer
+from ._output import PARTIAL_LINE_S, LineBuffer, OutputTarget, forward_log_record
 from ._procs import Worker
 from ._protocol import (
     ChunkDone,
@@ -19,13 +19,10 @@ from ._protocol import (
     FnLoadFailed,
     InitFailed,
     ItemFailure,
+    LogRecord,
     Ready,
 )
 from ._serialize import loads_data
-
-TYPE_CHECKING = False  # no typing import at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any
 
 
 def rebuild_exception(data: bytes, tb: str, type_name: str, message: str, header: str):
@@ -50,8 +47,11 @@ class InboxMixin(EngineState):
         except (EOFError, OSError):
             return False
         if isinstance(msg, ChunkDone):
+            self._drain_output(w)  # before the chunk is popped: its output is its job's
             self._on_chunk_done(w, msg, buffers)
         elif isinstance(msg, Ready):
+            self._drain_output(w)  # the initializer's output: the cell that made the pool
+            self._flush_partials(w, None)
             w.ready = True
             self._startup_failures[w.wid] = 0
         elif isinstance(msg, ChunkLoadFailed):
@@ -60,6 +60,10 @@ class InboxMixin(EngineState):
                 self._on_chunk_load_failed(chunk, msg)
         elif isinstance(msg, FnLoadFailed):
             self._on_fn_load_failed(w, msg)
+        elif isinstance(msg, LogRecord):
+            target, _job = self._output_target(w)
+            cell = target.cell if target is not None else None
+            self.events.post(forward_log_record, (msg.record,), cell)
         elif isinstance(msg, InitFailed):
             w.init_error = rebuild_exception(
                 msg.error,
@@ -88,7 +92,7 @@ class InboxMixin(EngineState):
         if chunk is None:
             return
         job = chunk.job
-        w.last_target = job.output_target
+        w.last_output, w.last_job = job.output, job.id
         if not msg.skipped and not job.cancelled and not job.failed_fn:
             job.record_time(chunk.count, msg.elapsed)
             self._slot_done[w.wid] += chunk.count
@@ -153,14 +157,17 @@ class InboxMixin(EngineState):
 
     def _read_output(self, w: Worker, fd: int) -> str:
         """Read what is there: 'data', 'empty' (nothing now) or 'eof' (pipe closed)."""
+        if fd not in w.out_fds:
+            # Closed already: an event from the same select() batch, after _drain_output (at
+            # the worker's last message) read this pipe to its end.
+            return "eof"
         try:
             data = os.read(fd, 65536)
         except BlockingIOError:
             return "empty"
         except OSError:
             data = b""
-        buf: LineBuffer = w.line_bufs[fd]  # type: ignore[attr-defined]
-        stream = w.out_fds[fd]
+        buf: LineBuffer = w.line_bufs[fd]
         if not data:  # EOF: the worker (and any child holding the pipe) is gone
             self._flush_output(w, fd)
             with contextlib.suppress(KeyError, ValueError):
@@ -168,29 +175,52 @@ class InboxMixin(EngineState):
             os.close(fd)
             del w.out_fds[fd]
             return "eof"
-        had_partial = bool(buf.partial)
-        for line in buf.feed(data):
-            self.output.write(w.wid, w.pid, stream, line, self._output_target(w))
-        if buf.partial and not had_partial:
+        waiting = bool(buf.partial)
+        target, job_id = self._output_target(w)
+        events = buf.feed(data, target, job_id)
+        if events:
+            self.router.write(w.wid, w.pid, w.out_fds[fd], events)
+        if buf.partial and not buf.redrawn and not waiting:
+            # A line without its newline yet (a prompt, progress dots): written as a line of
+            # its own if the rest does not come soon. (A redrawn line is on screen already.)
             tail = buf.partial
 
             def flush_if_still_waiting() -> None:
-                if buf.partial.startswith(tail):
+                if buf.partial.startswith(tail) and not buf.redrawn:
                     self._flush_output(w, fd)
 
             self._timers.call_later(PARTIAL_LINE_S, flush_if_still_waiting)
         return "data"
 
-    def _flush_output(self, w: Worker, fd: int) -> None:
-        text = w.line_bufs[fd].flush()  # type: ignore[attr-defined]
-        if text is not None:
-            self.output.write(
-                w.wid, w.pid, w.out_fds.get(fd, "stdout"), text, self._output_target(w)
-            )
+    def _drain_output(self, w: Worker) -> None:
+        """Read everything the worker has written so far (it flushes its streams before each
+        message it sends us), so that it is attributed to the work it belongs to."""
+        for fd in list(w.out_fds):
+            while self._read_output(w, fd) == "data":
+                pass
 
-    @staticmethod
-    def _output_target(w: Worker) -> Any:
-        """The cell of the job the worker is on, else of the last job it finished. (A second
-        chunk in flight is always of the same job: see Engine._capacity.)"""
+    def _flush_output(self, w: Worker, fd: int) -> None:
+        buf: LineBuffer = w.line_bufs[fd]
+        got = buf.flush()
+        if got is not None:
+            text, target = got
+            self.router.write(w.wid, w.pid, w.out_fds.get(fd, "stdout"), [("line", text, target)])
+
+    def _flush_partials(self, w: Worker, job_id: int | None, keep: bool = False) -> None:
+        """End the unfinished lines of ``w`` that belong to job ``job_id`` (``keep``: to any job
+        but that one): a job's last words are written to its own cell when it ends, never
+        glued to the next job's output."""
+        for fd, buf in list(w.line_bufs.items()):
+            if buf.partial and (buf.job_id != job_id if keep else buf.job_id == job_id):
+                self._flush_output(w, fd)
+
+    def _output_target(self, w: Worker) -> tuple[OutputTarget | None, int | None]:
+        """Where what the worker writes now goes: the job of the chunk it is on; before it is
+        ready, the initializer's, which is the cell that created the pool; else the job it
+        last finished. (A second chunk in flight is always of the same job: _capacity.)"""
         chunk = next(iter(w.inflight.values()), None)
-        return chunk.job.output_target if chunk is not None else w.last_target
+        if chunk is not None:
+            return chunk.job.output, chunk.job.id
+        if not w.ready or w.last_output is None:
+            return self.init_output, None
+        return w.last_output, w.last_job

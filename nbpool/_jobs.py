@@ -107,7 +107,9 @@ class Job:
         self.task_timeout: float | None = None
         self.attempts: dict[int, int] = {}  # item index -> re-runs after its worker died
         self.last_bytes = 0  # pickled size of the last chunk sent
-        self.output_target: Any = None  # the notebook cell its workers' output goes to
+        self.output: Any = None  # _output.OutputTarget: where its workers' output goes
+        self.cell: Any = None  # (kernel, parent header) of the submitting notebook cell
+        self.log_levels: tuple[tuple[str, int], ...] = ()  # the caller's (see _wlog)
         # Progress (see _progress): items delivered, failed, and finished per worker slot.
         self.progress: Any = None  # a _progress.JobProgress when progress is wanted
         self.delivered = 0

@@ -21,7 +21,7 @@ from ._options import (
     parse_bytes,
     start_method,
 )
-from ._output import notebook_target
+from ._output import caller_log_levels, capture_target, notebook_target
 from ._procs import Worker
 from ._progress import (
     FINAL_RENDER_WAIT_S,
@@ -174,6 +174,7 @@ class Pool:
             check_initargs_pickle(initargs)
         else:
             initargs = ()
+        init_output = capture_target()  # the initializer's output goes to this cell
         lifeline = os.pipe()
         started: list[Worker] = []
         try:
@@ -185,6 +186,7 @@ class Pool:
                 initargs,
                 maxtasksperchild,
                 max_memory=max_memory,
+                init_output=init_output,
                 lifeline=lifeline,
                 started=started,
             )
@@ -282,12 +284,14 @@ class Pool:
         payload = dumps_fn(fn, self._serializer)  # pre-flight: fails here, in the caller
         job = Job(next(_job_ids), payload, kind, source, sink, chunksize)
         job.retries, job.task_timeout = self._retries, self._task_timeout
-        job.output_target = notebook_target()
-        view = wants_view(mode, job.output_target is not None)
+        job.output = capture_target()  # the caller's streams and cell, now (see _output)
+        job.cell = job.output.cell
+        job.log_levels = caller_log_levels()
+        view = wants_view(mode, job.cell is not None)
         if view is not None:
             name = getattr(fn, "__name__", None) or type(fn).__name__
             title = describe_call(kind, name, source.length)
-            job.progress = sink._progress = JobProgress(mode, view, job.output_target, title)
+            job.progress = sink._progress = JobProgress(mode, view, job.cell, title)
         engine = self._engine
         assert engine is not None
         reason = KeyboardInterrupt(
@@ -296,7 +300,7 @@ class Pool:
         )
         # The job's id, never the job: a result must not keep the job's payload alive.
         sink._canceller = functools.partial(engine.cancel, job.id, reason)
-        sink._events, sink._cell = engine.events, job.output_target
+        sink._events, sink._cell = engine.events, job.cell
         engine.submit(job)
 
     def apply_async(

@@ -100,7 +100,10 @@ class Worker:
         self.globals: dict[str, bytes] = {}  # mirror of the worker's _serialize._APPLIED
         self.budget: int | None = None  # items left before maxtasksperchild retires it
         self.init_error: BaseException | None = None
-        self.last_target: Any = None  # output target of the last job it finished
+        self.last_output: Any = None  # _output.OutputTarget of the last job it finished
+        self.last_job: int | None = None
+        self.log_levels: Any = None  # the logger levels it last got (see _wlog)
+        self.line_bufs: dict[int, Any] = {}  # out fd -> _output.LineBuffer (dispatcher's)
         # What the progress views last saw it on: (job id, item index), and since when.
         self.seen_item: tuple[int, int] | None = None
         self.seen_at = 0.0

@@ -33,6 +33,7 @@ __all__ = [
     "Hello",
     "InitFailed",
     "ItemFailure",
+    "LogRecord",
     "Ready",
     "RunChunk",
     "Shutdown",
@@ -51,6 +52,7 @@ class Hello(Message):
     worker_id: int
     sys_path: tuple[str, ...]
     initializer: FnPayload | None
+    log_levels: tuple[tuple[str, int], ...] = ()  # the caller's logger levels (see _wlog)
     # buffers[0] (if initializer): pickled initargs
 
 
@@ -74,6 +76,7 @@ class RunChunk(Message):
     fn: FnPayload | None  # None: the worker already holds fn_digest
     fn_digest: bytes
     track: int = TRACK_INDEX
+    log_levels: tuple[tuple[str, int], ...] | None = None  # None: unchanged (see _wlog)
 
 
 class Cancel(Message):
@@ -95,6 +98,13 @@ class Shutdown(Message):
 class Ready(Message):
     worker_id: int
     pid: int
+
+
+class LogRecord(Message):
+    """A record a task logged, as plain data (see _wlog); the caller handles it."""
+
+    worker_id: int
+    record: dict[str, Any]
 
 
 class InitFailed(Message):

@@ -65,6 +65,7 @@ class SchedulingMixin(EngineState):
         return False
 
     def _dispatch(self, job: Job, w: Worker) -> None:
+        self._flush_partials(w, job.id, keep=True)  # another job's last words end here
         start, items = job.cut(self.nworkers, w.budget)
         src = job.source
         if src.error is not None and src.exhausted and not job.length_sent:
@@ -93,8 +94,18 @@ class SchedulingMixin(EngineState):
         payload = self._fn_for(job, w)
         job.next_chunk_id += 1
         chunk = Chunk(job, job.next_chunk_id, start, items, track)
+        levels = None if w.log_levels == job.log_levels else job.log_levels
+        w.log_levels = job.log_levels
         msg = RunChunk(
-            job.id, chunk.chunk_id, start, len(items), job.kind, payload, job.fn.digest, track
+            job.id,
+            chunk.chunk_id,
+            start,
+            len(items),
+            job.kind,
+            payload,
+            job.fn.digest,
+            track,
+            levels,
         )
         w.inflight[(job.id, chunk.chunk_id)] = chunk
         job.inflight += 1

@@ -50,11 +50,15 @@ from ._protocol import (
     Hello,
     InitFailed,
     ItemFailure,
+    LogRecord,
     Ready,
     RunChunk,
     Shutdown,
 )
 from ._serialize import dumps_data, load_fn, loads_data, short_repr
+from ._whooks import set_identity
+from ._wlog import apply_levels as apply_log_levels
+from ._wlog import install_hook as install_log_hook
 
 TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
 if TYPE_CHECKING:
@@ -155,6 +159,35 @@ def _pack_results(results: list, failures: list[ItemFailure], start: int) -> tup
     return data, buffers
 
 
+class _SendChannel(Channel):
+    """The worker's channel: one sender at a time. The main thread sends results; a record
+    that a task logs (in any thread, see _wlog) is sent from the thread that logged it."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(fd)
+        self._lock = _thread.allocate_lock()
+        self._owner = 0
+
+    def send(self, msg: Any, buffers: list[Any] | tuple[Any, ...] = ()) -> None:
+        me = _thread.get_ident()
+        if self._owner == me:  # a record logged while this thread sends (a __reduce__ that logs)
+            raise RuntimeError("nbpool: cannot send a log record from inside a send")
+        with self._lock:
+            self._owner = me
+            try:
+                super().send(msg, buffers)
+            finally:
+                self._owner = 0
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a task may have replaced or closed them
+            pass
+
+
 def _watch_parent(lifeline: int) -> None:
     """Block on the lifeline pipe (the caller never writes to it); EOF means the caller is gone.
 
@@ -194,8 +227,9 @@ def main() -> None:
             stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         except Exception:
             pass
-    ch = Channel(int(sys.argv[1]))
-    _thread.start_new_thread(_watch_parent, (int(sys.argv[3]),))
+    ch = _SendChannel(int(sys.argv[1]))
+    lifeline = int(sys.argv[3])
+    _thread.start_new_thread(_watch_parent, (lifeline,))
     slot_fd = int(sys.argv[2])
     slot = memoryview(mmap.mmap(slot_fd, 64)).cast("q")  # [job, chunk, stage/index, start ns]
     os.close(slot_fd)
@@ -205,6 +239,9 @@ def main() -> None:
         exit_with_tree(0)
     assert isinstance(hello, Hello)
     wid = hello.worker_id
+    set_identity(wid, os.getppid(), lifeline)
+    install_log_hook(lambda record: ch.send(LogRecord(wid, record)))
+    apply_log_levels(hello.log_levels)
     own_path = sys.path[0]
     sys.path[:] = list(hello.sys_path) + ([own_path] if own_path not in hello.sys_path else [])
 
@@ -215,8 +252,10 @@ def main() -> None:
             init(*initargs)
         except BaseException as exc:
             data, text = pack_exception(exc)
+            _flush_std()
             ch.send(InitFailed(wid, data, text))
             os._exit(3)
+    _flush_std()  # what the initializer printed is in the pipes before Ready (see _inbox)
     ch.send(Ready(wid, os.getpid()))
 
     pending: deque = deque()
@@ -233,6 +272,8 @@ def main() -> None:
             ch.send(ChunkDone(wid, msg.job_id, msg.chunk_id, 0.0, skipped=True))
             continue
         slot[0], slot[1], slot[2] = msg.job_id, msg.chunk_id, STAGE_LOADING
+        if msg.log_levels is not None:
+            apply_log_levels(msg.log_levels)
         if msg.fn is not None:
             try:
                 fns[msg.fn_digest] = load_fn(msg.fn)
@@ -261,7 +302,7 @@ def main() -> None:
         data, out = _pack_results(results, failures, msg.start)
         del results
         elapsed = time.perf_counter() - t0
+        _flush_std()  # a partial line too: the kernel reads the pipes when ChunkDone comes
         ch.send(ChunkDone(wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures)), [data, *out])
         slot[2] = STAGE_IDLE
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+    _flush_std()

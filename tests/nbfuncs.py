@@ -213,3 +213,33 @@ def spawn_sleep(args):
     os.rename(path + ".tmp", path)
     child.wait()
     return child.pid
+
+
+def log_things(x):
+    """Log at three levels, and an exception with its traceback."""
+    import logging
+
+    log = logging.getLogger("nbpool.tests.task")
+    log.debug("debug %s", x)
+    log.info("info %s", x)
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        log.exception("failed on %s", x)
+    return x
+
+
+def identity_in_worker(_=None):
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    return (
+        multiprocessing.current_process().name,
+        None if parent is None else parent.pid,
+        None if parent is None else parent.is_alive(),
+    )
+
+
+def say_without_newline(text):
+    print(text, end="")
+    return text

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
+import logging
 import os
 import signal
 import subprocess
@@ -236,3 +239,89 @@ def test_subprocesses_of_a_task_end_when_the_caller_is_killed(tmp_path, own_sess
         caller.wait(10)
         if child and alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- logging and identity
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_log_records_of_tasks_go_through_the_callers_logging():
+    log = logging.getLogger("nbpool.tests.task")
+    handler = _Collect()
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with nbpool.Pool(2) as pool:
+            assert pool.map(f.log_things, [1, 2], 1) == [1, 2]
+            deadline = time.monotonic() + 10  # records travel apart from the results
+            while len(handler.records) < 4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            got = sorted((r.levelname, r.getMessage()) for r in handler.records)
+            expected = [("ERROR", f"failed on {i}") for i in (1, 2)]
+            assert got == [*expected, ("INFO", "info 1"), ("INFO", "info 2")]
+            assert {r.processName for r in handler.records} <= {
+                "SpawnPoolWorker-1",
+                "SpawnPoolWorker-2",
+            }
+            errors = [r for r in handler.records if r.levelname == "ERROR"]
+            assert all("ZeroDivisionError" in (r.exc_text or "") for r in errors)
+            assert all(r.process in pool._engine.worker_pids() for r in handler.records)
+            # a level changed in the caller reaches the workers with the next call
+            handler.records.clear()
+            log.setLevel(logging.DEBUG)
+            pool.map(f.log_things, [3])
+            deadline = time.monotonic() + 10
+            while len(handler.records) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert [r.levelname for r in handler.records] == ["DEBUG", "INFO", "ERROR"]
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
+
+
+def test_a_task_knows_it_runs_in_a_pool_worker():
+    import multiprocessing
+
+    with nbpool.Pool(2) as pool:
+        got = pool.map(f.identity_in_worker, [0, 1], 1)
+    assert sorted(name for name, _, _ in got) == ["SpawnPoolWorker-1", "SpawnPoolWorker-2"]
+    assert {(pid, alive) for _, pid, alive in got} == {(os.getpid(), True)}
+    assert multiprocessing.current_process().name == "MainProcess"  # the caller's is unchanged
+
+
+# ---------------------------------------------------------------- output goes where stdout pointed
+
+
+def test_worker_output_goes_where_stdout_pointed_at_submit_time(capsys):
+    with nbpool.Pool(2) as pool:
+        pool.map(f.sq, [1, 2])  # workers up
+        buf, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+            pool.map(f.c_level_output, [1], 1)
+            later = pool.map_async(f.chatty, [2], 1, progress=False)
+        later.get(10)  # finishes after the `with`: its output still goes to buf
+        time.sleep(0.3)
+        pool.map(f.chatty, [3], 1)  # not redirected
+        time.sleep(0.3)
+    out = capsys.readouterr()
+    assert "fd-level 1" in buf.getvalue() and "subprocess 1" in buf.getvalue()
+    assert "to stderr 1" in err.getvalue()
+    assert buf.getvalue().count("item 2 line") == 50
+    assert "item 2 line" not in out.out and "fd-level" not in out.out
+    assert out.out.count("item 3 line") == 50 and "item 3" not in buf.getvalue()
+
+
+def test_a_jobs_partial_line_is_written_when_the_job_ends(capsys):
+    with nbpool.Pool(1) as pool:
+        pool.map(f.say_without_newline, ["first"])
+        assert capsys.readouterr().out.endswith("] first\n")
+        pool.map(f.sq, [1])  # a later job adds nothing to it
+        assert capsys.readouterr().out == ""

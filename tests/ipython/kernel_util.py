@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,4 +46,50 @@ def run_cell(kc: Any, code: str, timeout: float = 60) -> tuple[str, list[dict[st
     return out, msgs
 
 
-__all__ = ["ROOT", "isolated_env", "kernel", "run_cell"]
+def collect_until_idle(kc: Any, msg_ids: set[str], timeout: float = 30) -> list[dict[str, Any]]:
+    """Every iopub message until each of ``msg_ids`` (cells sent with ``kc.execute``) has gone
+    idle, whichever cell each message names."""
+    msgs: list[dict[str, Any]] = []
+    idle: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while idle != msg_ids:
+        assert time.monotonic() < deadline, "cells did not finish"
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        msgs.append(msg)
+        parent = msg["parent_header"].get("msg_id")
+        state = msg["content"].get("execution_state")
+        if msg["msg_type"] == "status" and state == "idle" and parent in msg_ids:
+            idle.add(parent)
+    return msgs
+
+
+def drain_iopub(kc: Any, quiet: float = 0.5) -> list[dict[str, Any]]:
+    """Every iopub message until none has come for ``quiet`` seconds."""
+    import queue
+
+    msgs: list[dict[str, Any]] = []
+    while True:
+        try:
+            msgs.append(kc.get_iopub_msg(timeout=quiet))
+        except queue.Empty:
+            return msgs
+
+
+def streams(msgs: list[dict[str, Any]], name: str | None = None) -> list[tuple[str, str]]:
+    """(cell msg_id, text) of each stream message (of stream ``name``, if given)."""
+    return [
+        (m["parent_header"].get("msg_id"), m["content"]["text"])
+        for m in msgs
+        if m["msg_type"] == "stream" and (name is None or m["content"]["name"] == name)
+    ]
+
+
+__all__ = [
+    "ROOT",
+    "collect_until_idle",
+    "drain_iopub",
+    "isolated_env",
+    "kernel",
+    "run_cell",
+    "streams",
+]
