@@ -46,6 +46,7 @@ import weakref
 from ._errors import PoolClosedError
 from ._events import EventThread
 from ._faults import MEMORY_CHECK_S, FaultsMixin
+from ._functions import FnPayload
 from ._inbox import InboxMixin
 from ._jobs import Job
 from ._message import Message
@@ -57,7 +58,7 @@ from ._protocol import (
     Shutdown,
 )
 from ._scheduling import SchedulingMixin
-from ._serialize import FnPayload, dumps_data
+from ._serialize import dumps_data
 from ._timers import Timers
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
@@ -291,7 +292,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             assert self._initargs is not None
             data, oob = self._initargs
             buffers = [data, *oob]
-            w.globals = {name: digest for name, digest, _ in self._initializer.globals}
+            w.globals = {(m, name): got for m, name, got, _ in self._initializer.globals}
         w.log_levels = caller_log_levels()  # (this thread reads the caller's logging config)
         self._send(w, Hello(slot, tuple(sys.path), self._initializer, w.log_levels), buffers)
 

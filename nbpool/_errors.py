@@ -8,6 +8,7 @@
      ├─ WorkerLostError(NbpoolError, RuntimeError)           a worker died while running the item
      │   └─ MemoryLimitError(WorkerLostError, MemoryError)   killed over max_memory_per_worker
      ├─ TaskTimeoutError(NbpoolError, builtins.TimeoutError)  the item ran past task_timeout
+     ├─ TaskExitError(NbpoolError, RuntimeError)             the task raised SystemExit & co.
      ├─ SerializationError(NbpoolError, pickle.PicklingError)   names the object and what to do
      └─ BackendUnavailableError(NbpoolError, ImportError)    names the extra to install
 
@@ -31,6 +32,7 @@ __all__ = [
     "PoolClosedError",
     "RemoteTraceback",
     "SerializationError",
+    "TaskExitError",
     "TaskTimeoutError",
     "TimeoutError",
     "WorkerLostError",
@@ -95,6 +97,23 @@ class TaskTimeoutError(NbpoolError, builtins.TimeoutError):
 
 def _rebuild_task_timeout(message, index):
     return TaskTimeoutError(message, index=index)
+
+
+class TaskExitError(NbpoolError, RuntimeError):
+    """The task raised ``SystemExit``, ``KeyboardInterrupt`` or another ``BaseException`` that is
+    not an ``Exception``. Re-raised as it is, it would end the caller (``sys.exit()`` in a task
+    ended the script that ran the pool); the original is ``.exception`` (and ``__cause__``)."""
+
+    def __init__(self, message: str, *, exception: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.exception = exception
+
+    def __reduce__(self):
+        return (_rebuild_task_exit, (self.args[0], self.exception))
+
+
+def _rebuild_task_exit(message, exception):
+    return TaskExitError(message, exception=exception)
 
 
 class SerializationError(NbpoolError, pickle.PicklingError):

@@ -22,22 +22,8 @@ from ._protocol import (
     LogRecord,
     Ready,
 )
+from ._remote_errors import load_failure_hint, rebuild_exception
 from ._serialize import loads_data
-
-
-def rebuild_exception(data: bytes, tb: str, type_name: str, message: str, header: str):
-    """The worker's exception as its own type, with the remote traceback as ``__cause__``."""
-    exc: BaseException
-    try:
-        exc = loads_data(data) if data else None  # type: ignore[assignment]
-        if not isinstance(exc, BaseException):
-            raise TypeError("not an exception")
-    except Exception as load_error:
-        exc = RuntimeError(
-            f"{type_name}: {message} (the exception could not be sent back intact: {load_error})"
-        )
-    exc.__cause__ = RemoteTraceback(f'\n{header}\n"""\n{tb}"""')
-    return exc
 
 
 class InboxMixin(EngineState):
@@ -71,6 +57,7 @@ class InboxMixin(EngineState):
                 "Exception",
                 "initializer failed",
                 f"The initializer raised in worker {w.wid} (pid {w.pid}):",
+                msg.lost,
             )
         return True
 
@@ -117,7 +104,7 @@ class InboxMixin(EngineState):
 
     def _rebuild(self, w: Worker, f: ItemFailure) -> BaseException:
         header = f"Worker {w.wid} (pid {w.pid}) raised while running item {f.index}:"
-        return rebuild_exception(f.error, f.tb, f.type_name, f.message, header)
+        return rebuild_exception(f.error, f.tb, f.type_name, f.message, header, f.lost)
 
     def _on_chunk_load_failed(self, chunk: Chunk, msg: ChunkLoadFailed) -> None:
         job = chunk.job
@@ -140,14 +127,14 @@ class InboxMixin(EngineState):
         if job is None:
             return
         w.fns.pop(job.fn.digest, None)
-        for name, _digest, _data in job.fn.globals:  # unknown which ones it applied: resend all
-            w.globals.pop(name, None)
+        for module, name, _digest, _data in job.fn.globals:  # which ones it applied: unknown
+            w.globals.pop((module, name), None)
         if not job.failed_fn and not job.cancelled:
             job.failed_fn = True
+            last = msg.tb.strip().splitlines()[-1]
             err = SerializationError(
                 f"the {job.fn.name} could not be loaded in worker {w.wid} (pid {w.pid}): "
-                f"{msg.tb.strip().splitlines()[-1]}. If it uses a module of yours, make sure "
-                "the worker can import it (it sees the caller's sys.path and working directory)."
+                f"{last}. {load_failure_hint(last)}"
             )
             err.__cause__ = RemoteTraceback(msg.tb)
             job.sink._abort(err)

@@ -21,8 +21,8 @@ import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 
+from ._functions import FnPayload
 from ._protocol import TRACK_INDEX
-from ._serialize import FnPayload
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:

@@ -13,6 +13,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
+from ._functions import dumps_fn
 from ._options import (
     check_chunksize,
     check_initargs_pickle,
@@ -31,7 +32,6 @@ from ._progress import (
     describe_call,
     wants_view,
 )
-from ._serialize import dumps_fn
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:

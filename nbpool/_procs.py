@@ -97,7 +97,7 @@ class Worker:
         self.kill_note = ""  # why we killed it, for its dashboard row ("stopped by interrupt")
         self.inflight: dict[tuple[int, int], Any] = {}  # (job, chunk) -> Chunk, in send order
         self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self.globals: dict[str, bytes] = {}  # mirror of the worker's _serialize._APPLIED
+        self.globals: dict[tuple[str, str], bytes] = {}  # mirror of its _functions._APPLIED
         self.budget: int | None = None  # items left before maxtasksperchild retires it
         self.init_error: BaseException | None = None
         self.last_output: Any = None  # _output.OutputTarget of the last job it finished

@@ -6,7 +6,8 @@ Raw buffers are
 written straight from their memory and read into fresh ``bytearray``s, so a 50 MB array crosses
 with one copy on each side and arrives writable.
 
-Frame: ``!QI`` (header length, number of buffers), the header, then per buffer ``!Q`` + bytes.
+Frame: ``!QII`` (header length, number of buffers inside the header's pickle, number of buffers
+that follow it), the header, then per buffer ``!Q`` + bytes.
 The transport is an AF_UNIX socket pair per worker: no TCP port is ever opened.
 """
 
@@ -17,8 +18,8 @@ import pickle
 import select
 import struct
 
+from ._functions import FnPayload
 from ._message import Message
-from ._serialize import FnPayload
 
 TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ __all__ = [
     "Shutdown",
 ]
 
-_HEAD = struct.Struct("!QI")
+_HEAD = struct.Struct("!QII")
 _LEN = struct.Struct("!Q")
 
 
@@ -113,6 +114,7 @@ class InitFailed(Message):
     worker_id: int
     error: bytes  # pickled exception (see ItemFailure)
     tb: str
+    lost: str = ""
 
 
 class ItemFailure(Message):
@@ -123,6 +125,7 @@ class ItemFailure(Message):
     tb: str
     type_name: str
     message: str
+    lost: str = ""  # what of the exception could not be pickled (see _remote_errors)
 
 
 class ChunkDone(Message):
@@ -179,9 +182,12 @@ class Channel:
             self.fd = -1
 
     def send(self, msg: Any, buffers: list[Any] | tuple[Any, ...] = ()) -> None:
-        head = pickle.dumps(msg, protocol=5)
-        views = [memoryview(b).cast("B") for b in buffers]
-        parts: list[bytes | memoryview] = [_HEAD.pack(len(head), len(views)), head]
+        # PickleBuffers inside the message (a large global of a function payload) travel as
+        # raw buffers too, not copied into the header pickle.
+        inner: list[pickle.PickleBuffer] = []
+        head = pickle.dumps(msg, protocol=5, buffer_callback=inner.append)
+        views = [memoryview(b).cast("B") for b in (*inner, *buffers)]
+        parts: list[bytes | memoryview] = [_HEAD.pack(len(head), len(inner), len(buffers)), head]
         for v in views:
             parts.append(_LEN.pack(v.nbytes))
             if v.nbytes < 65536:
@@ -209,13 +215,14 @@ class Channel:
 
     def recv(self, timeout: float | None = None) -> tuple[Any, list[bytearray]]:
         """The next message and its buffers. ``timeout`` bounds each wait for more bytes."""
-        head_len, nbuf = _HEAD.unpack(self._read_exact(_HEAD.size, timeout))
-        msg = pickle.loads(self._read_exact(head_len, timeout))
+        head_len, ninner, nbuf = _HEAD.unpack(self._read_exact(_HEAD.size, timeout))
+        head = self._read_exact(head_len, timeout)
         buffers = []
-        for _ in range(nbuf):
+        for _ in range(ninner + nbuf):
             (n,) = _LEN.unpack(self._read_exact(_LEN.size, timeout))
             buffers.append(self._read_exact(n, timeout))
-        return msg, buffers
+        msg = pickle.loads(head, buffers=buffers[:ninner])
+        return msg, buffers[ninner:]
 
 
 def channel_pair() -> tuple[Channel, int]:

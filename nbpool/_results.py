@@ -56,6 +56,31 @@ def _cancel_on_interrupt(result: Any) -> None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+# The main thread waits in slices of this: a SIGINT that the kernel delivered to another thread
+# of the process (Linux may, when the main thread already has a signal pending) only sets
+# Python's flag, and a wait that never returns would sit out the whole item before it raised
+# KeyboardInterrupt (seen here under load: 3 s late). Other threads wait in one piece.
+SIGNAL_SLICE_S = 0.1
+
+
+def _slice(timeout: float | None) -> float | None:
+    if threading.current_thread() is not threading.main_thread():
+        return timeout
+    return SIGNAL_SLICE_S if timeout is None else min(timeout, SIGNAL_SLICE_S)
+
+
+def _wait_in_slices(wait: Callable[[float | None], bool], timeout: float | None) -> bool:
+    if threading.current_thread() is not threading.main_thread():
+        return wait(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return wait(0)
+        if wait(_slice(remaining)):
+            return True
+
+
 class ApplyResult:
     """What ``apply_async`` returns (``multiprocessing.pool.AsyncResult``)."""
 
@@ -96,7 +121,7 @@ class ApplyResult:
             pump.pump_until(self._event.is_set, timeout)
             return
         try:
-            self._event.wait(timeout)
+            _wait_in_slices(self._event.wait, timeout)
         except KeyboardInterrupt:
             # Interrupting the wait stops the job: queued items are dropped, running ones
             # stopped, the pool stays warm. What finished stays in the result.
@@ -229,7 +254,7 @@ class IMapIterator:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no result within {timeout} s")
-                self._cond.wait(remaining)
+                self._cond.wait(_slice(remaining))
             ok, value = self._take()
         if ok:
             return value

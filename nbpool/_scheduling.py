@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from ._engine_state import EngineState
 from ._errors import SerializationError
+from ._functions import FnPayload
 from ._jobs import Chunk, Job
 from ._procs import Worker
 from ._protocol import FN_CACHE_SIZE, TRACK_INDEX, TRACK_NONE, TRACK_TIME, RunChunk
-from ._serialize import FnPayload, dumps_data, short_repr
+from ._serialize import dumps_data, short_repr
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -116,18 +117,23 @@ class SchedulingMixin(EngineState):
             self._progress_started(job)
 
     def _fn_for(self, job: Job, w: Worker) -> FnPayload | None:
-        """The function payload to send: nothing if the worker holds it with the same globals."""
-        same = {name for name, digest, _ in job.fn.globals if w.globals.get(name) == digest}
-        if job.fn.digest in w.fns and len(same) == len(job.fn.globals):
-            w.fns.move_to_end(job.fn.digest)
+        """The function payload to send: nothing if the worker holds it with the same globals
+        (and none of the names it lacks in the kernel is still in the worker from us)."""
+        fn = job.fn
+        same = {(m, n) for m, n, got, _ in fn.globals if w.globals.get((m, n)) == got}
+        stale = [key for key in fn.missing if key in w.globals]
+        if fn.digest in w.fns and len(same) == len(fn.globals) and not stale:
+            w.fns.move_to_end(fn.digest)
             return None
-        for name, digest, _ in job.fn.globals:
-            w.globals[name] = digest
-        w.fns[job.fn.digest] = None
-        w.fns.move_to_end(job.fn.digest)
+        for key in stale:  # the worker drops them (see _functions.load_fn)
+            del w.globals[key]
+        for m, n, got, _ in fn.globals:
+            w.globals[(m, n)] = got
+        w.fns[fn.digest] = None
+        w.fns.move_to_end(fn.digest)
         if len(w.fns) > FN_CACHE_SIZE:
             w.fns.popitem(last=False)
-        return job.fn.without_globals(same) if same else job.fn
+        return fn.without_globals(same) if same else fn
 
     def _requeue(self, job: Job, start: int, items: Any) -> None:
         if len(items) and not job.cancelled:

@@ -27,12 +27,12 @@ import _signal  # not `signal`: its enums cost a worker ~0.4 ms of start-up
 import _thread  # not `threading`: one bare thread needs none of it (start-up cost)
 import mmap
 import os
-import pickle
 import select
 import sys
 import time
 from collections import OrderedDict, deque
 
+from ._functions import load_fn
 from ._proctree import exit_with_tree
 from ._protocol import (
     FN_CACHE_SIZE,
@@ -55,7 +55,8 @@ from ._protocol import (
     RunChunk,
     Shutdown,
 )
-from ._serialize import dumps_data, load_fn, loads_data, short_repr
+from ._remote_errors import pack_exception
+from ._serialize import dumps_data, loads_data, short_repr
 from ._whooks import set_identity
 from ._wlog import apply_levels as apply_log_levels
 from ._wlog import install_hook as install_log_hook
@@ -65,30 +66,19 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def pack_exception(exc: BaseException) -> tuple[bytes, str]:
-    """(pickled exception or b"", formatted traceback without this module's frames)."""
-    import traceback  # only when an item fails
-
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
-        tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    data = b""
-    try:
-        data = pickle.dumps(exc, protocol=5)  # __main__ refs are fine: see dumps_data(to_caller)
-    except Exception:
-        try:
-            import cloudpickle
-
-            data = cloudpickle.dumps(exc, protocol=5)
-        except Exception:
-            data = b""
-    return data, text
+def _tb_text(exc: BaseException) -> str:
+    return pack_exception(exc, __name__)[1]
 
 
 def _failure(index: int, exc: BaseException) -> ItemFailure:
-    data, text = pack_exception(exc)
-    return ItemFailure(index, data, text, type(exc).__qualname__, short_repr(str(exc), 200))
+    data, text, lost = pack_exception(exc, __name__)
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not hide the failure
+        message = short_repr(exc, 200)
+    if len(message) > 200:
+        message = message[:197] + "..."
+    return ItemFailure(index, data, text, type(exc).__qualname__, message, lost)
 
 
 def _run_items(
@@ -251,9 +241,9 @@ def main() -> None:
             initargs = loads_data(buffers[0], buffers[1:])
             init(*initargs)
         except BaseException as exc:
-            data, text = pack_exception(exc)
+            data, text, lost = pack_exception(exc, __name__)
             _flush_std()
-            ch.send(InitFailed(wid, data, text))
+            ch.send(InitFailed(wid, data, text, lost))
             os._exit(3)
     _flush_std()  # what the initializer printed is in the pipes before Ready (see _inbox)
     ch.send(Ready(wid, os.getpid()))
@@ -279,7 +269,9 @@ def main() -> None:
                 fns[msg.fn_digest] = load_fn(msg.fn)
             except BaseException as exc:
                 fns.pop(msg.fn_digest, None)
-                ch.send(FnLoadFailed(wid, msg.job_id, msg.chunk_id, pack_exception(exc)[1]))
+                ch.send(
+                    FnLoadFailed(wid, msg.job_id, msg.chunk_id, pack_exception(exc, __name__)[1])
+                )
                 continue
             if len(fns) > FN_CACHE_SIZE:
                 fns.popitem(last=False)
@@ -293,7 +285,9 @@ def main() -> None:
         try:
             items = loads_data(buffers[0], buffers[1:])
         except BaseException as exc:
-            ch.send(ChunkLoadFailed(wid, msg.job_id, msg.chunk_id, pack_exception(exc)[1]))
+            ch.send(
+                ChunkLoadFailed(wid, msg.job_id, msg.chunk_id, pack_exception(exc, __name__)[1])
+            )
             continue
         del buffers
         results, failures = _run_items(fn, msg.kind, items, msg.start, slot, msg.track)

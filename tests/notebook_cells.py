@@ -89,5 +89,53 @@ CELLS: list[tuple[str, str]] = [
         "res.append(next(it))\nprint(res, pool.map(square, [3]))",
         "lost True -9 1\n[0, 2] [-3]",
     ),
+    # lru_cache / cache wrappers of notebook functions (recursive too)
+    (
+        "@functools.lru_cache(maxsize=64)\ndef cached(x):\n    return x * 2\n"
+        "@functools.cache\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+        "print(pool.map(cached, [1, 2]), pool.map(fib, [10, 20]))",
+        "[2, 4] [55, 6765]",
+    ),
+    # a global deleted in the kernel is gone in the workers too
+    (
+        "K2 = 7\ndef plus_k2(x):\n    return x + K2\nprint(pool.map(plus_k2, [0, 0], 1))\n"
+        "del K2\ntry:\n    pool.map(plus_k2, [0, 0], 1)\nexcept NameError as e:\n"
+        "    print('gone:', e)",
+        "[7, 7]\ngone: name 'K2' is not defined",
+    ),
+    # a large array global: out of band, and a change made in place is picked up
+    (
+        "import numpy as np\nBIG = np.zeros(200_000)\n"
+        "def big_at(i):\n    return float(BIG[i])\nprint(pool.map(big_at, [1, 2], 1))\n"
+        "BIG[1] = 5.0\nprint(pool.map(big_at, [1, 2], 1))\n"
+        "S = 'x' * 100_000\ndef s_len(_):\n    return len(S)\nfirst = pool.map(s_len, [0])\n"
+        "S = 'y' * 3\nprint(first, pool.map(s_len, [0]))",
+        "[0.0, 0.0]\n[5.0, 0.0]\n[100000] [3]",
+    ),
+    # sys.exit() in a task does not end the caller
+    (
+        "def quit_task(x):\n    raise SystemExit(3)\n"
+        "try:\n    pool.map(quit_task, [1])\nexcept nbpool.TaskExitError as e:\n"
+        "    print('exit wrapped:', type(e.exception).__name__, e.exception.code)",
+        "exit wrapped: SystemExit 3",
+    ),
+    # an exception with an attribute that cannot be pickled keeps its type and says what it lost
+    (
+        "import threading\n"
+        "class LockedError(Exception):\n    pass\n"
+        "def locked(x):\n    e = LockedError('with a lock')\n    e.lock = threading.Lock()\n"
+        "    e.code = 7\n    raise e\n"
+        "try:\n    pool.map(locked, [1])\nexcept LockedError as e:\n"
+        "    notes = ' '.join(getattr(e, '__notes__', []))\n"
+        "    print('kept:', e, e.code, hasattr(e, 'lock'), 'lock could not be pickled' in notes)",
+        "kept: with a lock 7 False True",
+    ),
+    # an open file as an argument is refused with what to do, not sent as its contents
+    (
+        "fh = open(os.devnull)\n"
+        "try:\n    pool.map(len, [fh])\nexcept nbpool.SerializationError as e:\n"
+        "    print('file refused:', 'pass its path' in str(e))\nfh.close()",
+        "file refused: True",
+    ),
     ("pool.terminate()\nprint('bye')", "bye"),
 ]

@@ -116,9 +116,10 @@ def test_terminate_returns_when_the_dispatcher_is_stuck_in_user_code(monkeypatch
 def test_a_cancel_that_reaches_an_idle_worker_is_noted_not_fatal():
     """The worker waits for work and gets a Cancel first (the kernel sent it before it read the
     worker's last ChunkDone): it used to die with `pop from an empty deque`."""
+    from nbpool._functions import dumps_fn
     from nbpool._procs import Worker
     from nbpool._protocol import Cancel, ChunkDone, Hello, Ready, RunChunk
-    from nbpool._serialize import dumps_data, dumps_fn
+    from nbpool._serialize import dumps_data
 
     lifeline_r, lifeline_w = os.pipe()
     w = Worker(0, lifeline_r)

@@ -22,6 +22,7 @@ EXPECTED = {
     "PoolClosedError",
     "RemoteTraceback",
     "SerializationError",
+    "TaskExitError",
     "TaskTimeoutError",
     "TimeoutError",
     "WorkerLostError",
