@@ -144,6 +144,10 @@ function fillRow({ tr, c }, w) {
 function render({ model, el }) {
   const root = h("div", "nbpool-dash");
 
+  // Earlier calls of the same cell, one summary line each (the newest call is shown in full).
+  const past = root.appendChild(h("div", "nbpool-history"));
+  let pastKey = "";
+
   const head = root.appendChild(h("div", "nbpool-head"));
   const title = head.appendChild(h("span", "nbpool-title"));
   const badge = head.appendChild(h("span", "nbpool-badge"));
@@ -246,6 +250,26 @@ function render({ model, el }) {
     show(note, !!s.note);
 
     updateWorkers(Array.isArray(s.workers) ? s.workers : []);
+    updateHistory(Array.isArray(s.history) ? s.history : [], s.history_more || 0);
+  }
+
+  function updateHistory(items, more) {
+    const key = JSON.stringify([items, more]);
+    if (key === pastKey) return;
+    pastKey = key;
+    const lines = [];
+    if (more > 0) lines.push(h("div", "nbpool-past nbpool-past-more", `${fmtInt(more)} earlier calls`));
+    for (const it of items) {
+      const line = h("div", "nbpool-past");
+      setAttr(line, "data-state", String(it.state || ""));
+      line.appendChild(h("span", "nbpool-dot"));
+      line.appendChild(h("span", "nbpool-past-title", it.title || ""));
+      line.appendChild(h("span", "nbpool-past-state", it.state || ""));
+      line.appendChild(h("span", "nbpool-past-summary", it.summary || ""));
+      lines.push(line);
+    }
+    past.replaceChildren(...lines);
+    show(past, lines.length > 0);
   }
 
   model.on("change:snapshot", update);

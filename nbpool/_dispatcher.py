@@ -77,6 +77,13 @@ class Submit(Message):
 class CancelJob(Message):
     job_id: int
     reason: BaseException
+    why: str = "interrupted"  # "interrupted" (■, Ctrl-C) or "dropped" (an imap iterator)
+
+
+class Conclude(Message):
+    """A blocking call raised at its first failure: its dashboard ends now, as failed."""
+
+    job_id: int
 
 
 class Watch(Message):
@@ -116,7 +123,9 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         # Guards the wake pipe's write end: once the dispatcher has closed it, a late command
         # (a finalizer, atexit) must not write to that fd number, which may belong to someone
         # else by then. Seen here: a stale write corrupted another pool's pipe.
-        self._wake_lock = threading.Lock()
+        # Reentrant: a weakref callback (a dropped imap iterator cancels its job) may run in a
+        # thread that is inside _command already, when garbage collection strikes there.
+        self._wake_lock = threading.RLock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -142,6 +151,9 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         self._progress_off = False
         self._slot_done = [0] * processes
         self._failed_total = 0
+        # Set when the first worker is ready (Pool() checks max_memory_per_worker against it).
+        self.first_ready = threading.Event()
+        self.first_ready_pid = 0
         for i in range(processes):
             self._spawn(i, started[i] if i < len(started) else None)
         if max_memory is not None:
@@ -156,8 +168,11 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
     def submit(self, job: Job) -> None:
         self._command(Submit(job))
 
-    def cancel(self, job_id: int, reason: BaseException) -> None:
-        self._command(CancelJob(job_id, reason))
+    def cancel(self, job_id: int, reason: BaseException, why: str = "interrupted") -> None:
+        self._command(CancelJob(job_id, reason, why))
+
+    def conclude(self, job_id: int) -> None:
+        self._command(Conclude(job_id))
 
     def watch(self, progress: Any) -> None:
         self._command(Watch(progress))
@@ -262,7 +277,11 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
                 self._pending.append(cmd.job)
                 self._progress_submitted(cmd.job)
             elif isinstance(cmd, CancelJob):
-                self._cancel(cmd.job_id, cmd.reason)
+                self._cancel(cmd.job_id, cmd.reason, cmd.why)
+            elif isinstance(cmd, Conclude):
+                job = self._jobs.get(cmd.job_id)
+                if job is not None:
+                    self._progress_concluded(job)
             elif isinstance(cmd, Watch):
                 self._watch(cmd.progress)
             elif isinstance(cmd, Close):

@@ -11,6 +11,7 @@ TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     import collections
     import selectors
+    import threading
     from collections.abc import Callable
     from typing import Any
 
@@ -34,6 +35,8 @@ class EngineState:
     _closing: bool
     _max_memory: int | None
     router: Router
+    first_ready: threading.Event
+    first_ready_pid: int
     events: EventThread
     init_output: OutputTarget | None
     _send: Callable[..., bool]
@@ -46,7 +49,8 @@ class EngineState:
     _flush_partials: Callable[..., None]
     _row: Callable[[Job | None, int, Worker | None, float], dict[str, Any]]
     _progress_ended: Callable[[Job | None, str], None]
-    _progress_interrupted: Callable[[Job], None]
+    _progress_interrupted: Callable[[Job, str], None]
+    _progress_concluded: Callable[[Job], None]
     _progress_started: Callable[[Job], None]
     _check_timeout: Callable[[Worker], None]
     _restarted_at: dict[int, tuple[float, str]]

@@ -32,14 +32,14 @@ def _describe_item(kind: str, item: Any) -> str:
 
 
 class FaultsMixin(EngineState):
-    def _cancel(self, job_id: int, reason: BaseException) -> None:
+    def _cancel(self, job_id: int, reason: BaseException, why: str = "interrupted") -> None:
         job = self._jobs.get(job_id)
         if job is None or job.cancelled:
             return
         job.cancelled = True
         job.retry.clear()
         job.sink._abort(reason)
-        self._progress_interrupted(job)
+        self._progress_interrupted(job, why)
         for w in list(self._all):
             if not any(c.job is job for c in w.inflight.values()):
                 continue
@@ -107,6 +107,10 @@ class FaultsMixin(EngineState):
                         index=index if isinstance(index, int) and index >= 0 else None,
                     )
                 )
+            elif rss > soft and not w.retiring and w.chunks_done == 0 and not w.inflight:
+                # Over the limit before any work: a fresh worker would be too, and replacing
+                # it would loop for ever (Pool() refuses such a limit when it can tell).
+                continue
             elif rss > soft and not w.retiring:
                 if w.inflight:
                     w.budget = 0  # no more work: replaced as soon as its chunk is back

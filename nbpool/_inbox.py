@@ -40,6 +40,9 @@ class InboxMixin(EngineState):
             self._flush_partials(w, None)
             w.ready = True
             self._startup_failures[w.wid] = 0
+            if not self.first_ready.is_set():
+                self.first_ready_pid = w.pid
+                self.first_ready.set()
         elif isinstance(msg, ChunkLoadFailed):
             chunk = self._pop_chunk(w, msg.job_id, msg.chunk_id)
             if chunk is not None:
@@ -80,6 +83,7 @@ class InboxMixin(EngineState):
             return
         job = chunk.job
         w.last_output, w.last_job = job.output, job.id
+        w.chunks_done += 1
         if not msg.skipped and not job.cancelled and not job.failed_fn:
             job.record_time(chunk.count, msg.elapsed)
             self._slot_done[w.wid] += chunk.count

@@ -92,7 +92,9 @@ class Job:
         sink: Any,  # one of the _results classes
         chunksize: int | None,
     ) -> None:
-        self.id, self.fn, self.kind, self.source, self.sink = id, fn, kind, source, sink
+        self.id, self.fn, self.kind, self.source = id, fn, kind, source
+        self._sink = sink
+        self._sink_ref: Any = None  # weakref.ref when held weakly (see hold_weakly)
         self.chunksize = chunksize
         self.retry: collections.deque[tuple[int, Any]] = collections.deque()  # (start, items)
         self.inflight = 0
@@ -115,6 +117,24 @@ class Job:
         self.delivered = 0
         self.failed = 0
         self.by_worker: dict[int, int] = {}
+
+    @property
+    def sink(self) -> Any:
+        """The caller's result object, or a stand-in that takes deliveries and drops them once
+        the caller let go of it (an ``imap`` iterator left with ``break``)."""
+        if self._sink_ref is None:
+            return self._sink
+        sink = self._sink_ref()
+        return _DROPPED if sink is None else sink
+
+    def hold_weakly(self, on_drop: Any) -> None:
+        """Keep only a weak reference to the result: when the caller drops it, ``on_drop()``
+        (the pool cancels the job). For iterators: nobody can read their results any more.
+        Callers of ``apply_async``/``map_async`` may drop the result and rely on callbacks."""
+        import weakref
+
+        self._sink_ref = weakref.ref(self._sink, lambda _ref: on_drop())
+        self._sink = None
 
     @property
     def est(self) -> float | None:
@@ -173,6 +193,18 @@ class Job:
     def record_time(self, count: int, elapsed: float) -> None:
         self.items_timed += count
         self.seconds_timed += elapsed
+
+
+class _Dropped:
+    """The result object of a job whose caller let go of it: deliveries go nowhere."""
+
+    def _deliver(self, *args: Any) -> None:
+        pass
+
+    _set_length = _abort = _deliver
+
+
+_DROPPED = _Dropped()
 
 
 class Chunk:

@@ -37,12 +37,25 @@ def _usage_error(message: str) -> Exception:
 
 
 def session_pool(processes: int | None = None) -> Any:
-    """The session's pool, started on first use (sized to the machine unless ``processes``)."""
+    """The session's pool, started on first use (sized to the machine unless ``processes``).
+
+    Asked for another size than the running pool has, it restarts the pool with that size and
+    says so (the size is never ignored).
+    """
     import nbpool
 
+    if processes is not None and processes < 1:
+        raise _usage_error(f"-n must be at least 1 worker, not {processes}")
     pool = _SESSION["pool"]
-    if pool is None or pool._state != "RUN":
-        pool = _SESSION["pool"] = nbpool.Pool(processes)
+    if pool is not None and pool._state == "RUN":
+        if processes is None or processes == pool._processes:
+            return pool
+        print(
+            f"nbpool: restarting the session pool with {processes} "
+            f"worker{'s' if processes != 1 else ''} (it had {pool._processes})"
+        )
+        _stop_session_pool()
+    pool = _SESSION["pool"] = nbpool.Pool(processes)
     return pool
 
 
@@ -108,30 +121,101 @@ def _split_target(text: str) -> tuple[str, str]:
     raise _usage_error(f"%%pmap needs `TARGET in EXPR`, got {text!r}\n{PMAP_USAGE}")
 
 
-def _cell_function(target: str, body: str, ns: dict[str, Any]) -> Any:
-    """Compile the body into ``def f(item): TARGET = item; ...; return <last expression>``."""
+def _cell_file(shell: Any, line: str, body: str) -> str | None:
+    """A file name for the body, shown as IPython shows the running cell (``Cell In[N]``).
+
+    IPython's own entry for the cell holds its transformed code (one
+    ``get_ipython().run_cell_magic(...)`` line), so the cell as typed is put in linecache
+    under a name of its own, mapped to the running cell's number (the newest compiled cell).
+    """
+    import linecache
+
     try:
-        tree = ast.parse(body)
+        names = shell.compile._filename_map
+        count = names[next(reversed(names))]
+    except Exception:
+        return None
+    filename = f"<%%pmap cell {count}-{len(linecache.cache)}>"
+    lines = [f"%%pmap {line}\n", *body.splitlines(True)]
+    linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    names[filename] = count
+    return filename
+
+
+def _cell_function(
+    target: str, body: str, ns: dict[str, Any], shell: Any = None, line: str = ""
+) -> Any:
+    """Compile the body into ``def f(item): TARGET = item; ...; return <last expression>``.
+
+    The body is transformed as IPython transforms a cell (``!cmd``, ``%time``: see
+    ``_ipyshim``), and compiled with the cell's line numbers under a file name IPython shows as
+    the cell's, so a traceback from a worker shows ``Cell In[N], line K`` and the line as typed.
+    """
+    source = body
+    if shell is not None:
+        try:
+            source = shell.transform_cell(body)
+        except Exception:
+            source = body
+    try:
+        tree = ast.parse(source)
     except SyntaxError as exc:
-        raise _usage_error(f"%%pmap cell body: {exc}") from None
+        lines = body.splitlines()
+        text = lines[exc.lineno - 1].strip() if exc.lineno and exc.lineno <= len(lines) else ""
+        where = f"line {(exc.lineno or 0) + 1} of the cell" + (f" ({text!r})" if text else "")
+        raise _usage_error(f"%%pmap cell body, {where}: {exc.msg}") from None
     stmts = tree.body or [ast.Pass()]
     if isinstance(stmts[-1], ast.Expr):
         stmts[-1] = ast.Return(stmts[-1].value)
+    uses_ipython = any(isinstance(n, ast.Name) and n.id == "get_ipython" for n in ast.walk(tree))
     unpack = ast.parse(f"{target} = __nbpool_item").body
     # A parsed stub, not an ast.FunctionDef built by hand: its fields differ across Pythons.
-    module = ast.parse("def pmap_cell(__nbpool_item):\n    pass\n")
+    # `get_ipython` becomes a parameter with the worker-side shim as its default, so the body
+    # never reads the kernel's shell (which cannot be pickled).
+    extra = ", get_ipython=__nbpool_get_ipython" if uses_ipython else ""
+    module = ast.parse(f"def pmap_cell(__nbpool_item{extra}):\n    pass\n")
     fn = module.body[0]
     assert isinstance(fn, ast.FunctionDef)
     fn.body = [*unpack, *stmts]
     ast.fix_missing_locations(module)
+    filename = _cell_file(shell, line, body) if shell is not None else None
+    if filename is not None:
+        ast.increment_lineno(module, 1)  # the body starts on the cell's second line
+    else:
+        filename = "<%%pmap cell>"
     scope: dict[str, Any] = {}
+    if uses_ipython:
+        from ._ipyshim import get_ipython
+
+        scope["__nbpool_get_ipython"] = get_ipython
     # Defined over the notebook namespace: a __main__ function, shipped by value with the
     # notebook globals it reads; its own assignments are locals, one set per item.
-    exec(compile(module, "<%%pmap cell>", "exec"), ns, scope)
+    exec(compile(module, filename, "exec"), ns, scope)
     return scope["pmap_cell"]
 
 
-def pmap(line: str, cell: str, ns: dict[str, Any]) -> Any:
+_LOCAL_SCOPE_HINT = (
+    "In a %%pmap body every name you assign is local to the item, as in a function: `{name}` "
+    "is assigned in the body, so there it no longer reads the notebook's `{name}`. Give the "
+    "result another name (e.g. `y = {name} + x`)."
+)
+
+
+def _explain_unbound(exc: BaseException, ns: dict[str, Any]) -> None:
+    """Add the %%pmap scoping rule to an UnboundLocalError about a notebook global."""
+    if not isinstance(exc, UnboundLocalError):
+        return
+    m = re.search(r"variable '(\w+)'", str(exc))
+    if m is None or m.group(1) not in ns:
+        return
+    note = _LOCAL_SCOPE_HINT.format(name=m.group(1))
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # Python 3.10
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+
+
+def pmap(line: str, cell: str, ns: dict[str, Any], shell: Any = None) -> Any:
     __tracebackhide__ = True  # IPython shows the item's error, not the magic's frames
     options, rest = _split_options(line)
     args = _pmap_parser().parse_args(options)
@@ -141,7 +225,7 @@ def pmap(line: str, cell: str, ns: dict[str, Any]) -> Any:
     except Exception as exc:
         msg = f"%%pmap: evaluating {expr!r} failed: {type(exc).__name__}: {exc}"
         raise _usage_error(msg) from None
-    fn = _cell_function(target, cell, ns)
+    fn = _cell_function(target, cell, ns, shell, line)
     pool = session_pool(args.processes)
     imap = pool.imap_unordered if args.unordered else pool.imap
     it = imap(fn, items, args.chunksize, progress=args.progress)
@@ -166,6 +250,7 @@ def pmap(line: str, cell: str, ns: dict[str, Any]) -> Any:
             f"%%pmap: {failed} of {len(results)} items failed; all results, with the exception "
             f"in place of each failed item, are in `{name}`"
         )
+        _explain_unbound(first_error, ns)
         raise first_error
     return None if args.output else results
 
@@ -174,8 +259,14 @@ def pool_magic(line: str) -> Any:
     words = shlex.split(line)
     cmd = words[0] if words else "show"
     n = None
-    if len(words) == 3 and words[1] == "-n" and words[2].isdigit():
-        n = int(words[2])
+    if len(words) == 3 and words[1] == "-n" and cmd in ("start", "restart"):
+        try:
+            n = int(words[2])
+        except ValueError:
+            msg = f"-n takes a number of workers, not {words[2]!r}\n{POOL_USAGE}"
+            raise _usage_error(msg) from None
+        if n < 1:
+            raise _usage_error(f"-n must be at least 1 worker, not {n}\n{POOL_USAGE}")
     elif len(words) > 1:
         raise _usage_error(POOL_USAGE)
     if cmd == "show":
@@ -208,7 +299,7 @@ def pool_magic(line: str) -> Any:
 def load_ipython_extension(ip: Any) -> None:
     def _pmap(line: str, cell: str) -> Any:
         __tracebackhide__ = True
-        return pmap(line, cell, ip.user_ns)
+        return pmap(line, cell, ip.user_ns, ip)
 
     def _pool(line: str) -> Any:
         out = pool_magic(line)

@@ -63,9 +63,12 @@ _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 # terminate(): how long the dispatcher gets to stop before the workers are killed from the
 # calling thread, and how long the callbacks already queued get to finish.
 TERMINATE_WAIT_S = 5.0
+# Pool(max_memory_per_worker=...) waits this long for a worker to be ready to check the limit.
+IDLE_CHECK_WAIT_S = 30.0
 CALLBACK_WAIT_S = 1.0
 _SERIALIZERS = ("cloudpickle", "dill")
 _job_ids = itertools.count(1)
+_DROPPED = KeyboardInterrupt("the iterator was dropped before its end: its job was cancelled")
 
 
 def _wait(result: Any) -> Any:
@@ -78,8 +81,11 @@ def _wait(result: Any) -> Any:
         raise
     except BaseException:
         # A failed map raises at its first failure while its other items still run: raise
-        # now rather than wait for them; the dashboard goes on to its final state by itself.
-        await_final_render(result._progress, only_if_over=True)
+        # now rather than wait for them, with its dashboard final (the cell ends now).
+        conclude = result._conclude
+        if conclude is not None and result._progress is not None:
+            conclude()
+        await_final_render(result._progress)
         raise
     await_final_render(result._progress)
     return value
@@ -197,9 +203,36 @@ class Pool:
             for fd in lifeline:
                 os.close(fd)
             raise
+        if max_memory is not None:
+            self._check_idle_memory(max_memory, max_memory_per_worker)
         # Terminate the workers when the pool is garbage collected, as the stdlib does. The
         # finalizer holds the engine, never the pool, so it does not keep the pool alive.
         self._finalizer = weakref.finalize(self, self._engine.terminate)
+
+    def _check_idle_memory(self, limit: int, spec: object) -> None:
+        """Refuse a memory limit that an idle worker is already over: every worker would be
+        replaced as soon as it started, for ever. Waits for the first worker to be ready (its
+        initializer included), up to IDLE_CHECK_WAIT_S."""
+        engine = self._engine
+        assert engine is not None
+        if not engine.first_ready.wait(IDLE_CHECK_WAIT_S):
+            return  # not ready yet (a slow initializer): the dispatcher's guard still holds
+        try:
+            import psutil
+
+            rss = psutil.Process(engine.first_ready_pid).memory_info().rss
+        except Exception:
+            return
+        if rss < limit:
+            return
+        self.terminate()
+        what = " and its initializer" if engine._initializer is not None else ""
+        raise ValueError(
+            f"max_memory_per_worker={spec!r} ({limit / 1e6:.1f} MB) is below what a worker uses "
+            f"when idle: {rss / 1e6:.1f} MB measured after its start-up{what}. Every worker "
+            f"would be replaced as soon as it started. Give it room for the work too, e.g. "
+            f"max_memory_per_worker='{max(2 * rss, rss + 200e6) / 1e6:.0f}MB'."
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -301,6 +334,11 @@ class Pool:
         # The job's id, never the job: a result must not keep the job's payload alive.
         sink._canceller = functools.partial(engine.cancel, job.id, reason)
         sink._events, sink._cell = engine.events, job.cell
+        sink._conclude = functools.partial(engine.conclude, job.id)
+        if kind == "map" and isinstance(sink, IMapIterator):
+            # An iterator the caller dropped (``break``, or garbage) cancels its job: nobody
+            # can read its results, so its queued items are dropped and running ones stopped.
+            job.hold_weakly(functools.partial(engine.cancel, job.id, _DROPPED, "dropped"))
         engine.submit(job)
 
     def apply_async(

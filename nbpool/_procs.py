@@ -91,6 +91,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 self.pidfd = os.pidfd_open(self.pid)
         self.ready = False
+        self.chunks_done = 0
         self.retiring = False
         self.dead = False
         self.kill_reason: BaseException | None = None  # set when we kill it on purpose

@@ -63,6 +63,7 @@ class JobProgress:
         self.shown = False
         self.final_state: str | None = None
         self.interrupted: dict[int, dict[str, Any]] = {}  # worker id -> its row when stopped
+        self.cancel_note = ""  # why it was cancelled, when not by an interrupt
         # Set once the final snapshot is rendered (or when there is nothing to render): a
         # blocking call waits for it, so the saved notebook holds the final dashboard.
         self.rendered = threading.Event()
@@ -166,6 +167,8 @@ class ProgressMixin(EngineState):
         p = job.progress
         if p is None or job.id in self._progress_live or self._progress_off:
             return
+        if p.final_state is not None:  # its dashboard ended early (see _progress_concluded)
+            return
         p.started_at = time.monotonic()
         self._progress_live[job.id] = job
         try:
@@ -244,11 +247,23 @@ class ProgressMixin(EngineState):
         except Exception as exc:
             self._progress_failed(exc)
 
-    def _progress_interrupted(self, job: Job) -> None:
+    def _progress_concluded(self, job: Job) -> None:
+        """A blocking call raised at its first failure (its other items go on, unseen): the
+        dashboard goes to its final state now, so that it is final when the cell ends."""
+        p = job.progress
+        if p is not None and p.final_state is None:
+            p.cancel_note = (
+                "the call raised at its first failure; items still to run go on in the background"
+            )
+        self._progress_ended(job, "failed")
+
+    def _progress_interrupted(self, job: Job, why: str = "interrupted") -> None:
         """Cancelled: the rows of the workers it stops say what they were on."""
         p = job.progress
         if p is None or self._progress_off:
             return
+        if why == "dropped":
+            p.cancel_note = "the iterator was dropped before its end: its job was cancelled"
         try:
             now = time.monotonic()
             for w in self._slots:
@@ -300,11 +315,18 @@ class ProgressMixin(EngineState):
         rate = (done - p.base_done) / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if total is not None and rate > 0 else None
         if state == "interrupted":
-            note = "interrupted: queued items were dropped and running ones stopped"
+            note = p.cancel_note or (
+                "interrupted: queued items were dropped and running ones stopped"
+            )
             for r in rows:
                 stopped = p.interrupted.get(r["id"])
                 if stopped is not None:
                     r.update(stopped, state="interrupted")
+        elif job is not None and state == "failed" and p.cancel_note:
+            note = p.cancel_note
+            for r in rows:
+                if r["state"] not in ("dead", "starting", "restarting", "busy"):
+                    r.update(state="done", item=None, _argref=None, item_s=None, note="")
         elif job is not None and state != "running":
             for r in rows:
                 if r["state"] not in ("dead", "starting", "restarting"):

@@ -101,6 +101,7 @@ class ApplyResult:
         self._events: Any = None  # the pool's _events.EventThread
         self._cell: Any = None
         self._waker: Callable[[], None] | None = None  # a callback thread waiting on us
+        self._conclude: Callable[[], None] | None = None  # end its dashboard (see Pool._wait)
         self._progress: Any = None  # its job's _progress.JobProgress, if it has a view
 
     def ready(self) -> bool:

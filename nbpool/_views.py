@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._progress import JobProgress
 
 STATS_EVERY_S = 0.5  # psutil samples per worker process, at most this often
+AREAS_KEPT = 64  # cells whose dashboard area a new call of theirs can still take over
 
 
 class ProcStats:
@@ -98,7 +99,8 @@ class ViewThread:
         self._latest: dict[JobProgress, tuple[dict[str, Any], bool]] = {}
         self._wake = threading.Event()
         self._stopping = False
-        self._views: dict[JobProgress, Any] = {}
+        self._views: dict[JobProgress, Any] = {}  # text views (tqdm), per call
+        self._areas: dict[Any, Any] = {}  # notebook dashboards, per cell (_widget.CellArea)
         self._stats: ProcStats | None = None
         self._thread = threading.Thread(target=self._run, name="nbpool-progress", daemon=True)
         self._thread.start()
@@ -148,21 +150,35 @@ class ViewThread:
                 pids.add(row["pid"])
                 row["cpu"], row["rss"] = self._stats.get(row["pid"])
         self._stats.forget_others(pids)
+        if p.view == "widget":
+            self._area(p).show(p, snap, final)
+            p.displayed.set()
+            if final:
+                p.arg_cache.clear()  # a finished call keeps none of its items alive
+            return
         view = self._views.get(p)
         if view is None:
-            if p.view == "widget":
-                from ._widget import NotebookDashboard
-
-                view = NotebookDashboard(p.target, snap)
-            else:
-                view = TextView(p, snap)
-            self._views[p] = view
+            view = self._views[p] = TextView(p, snap)
             p.displayed.set()
         if final:
             del self._views[p]
             view.close(snap)
+            p.arg_cache.clear()
         else:
             view.update(snap)
+
+    def _area(self, p: JobProgress) -> Any:
+        """The dashboard area of the call's cell (see _widget.CellArea), made on first use."""
+        from ._widget import CellArea, cell_key
+
+        key = cell_key(p)
+        area = self._areas.pop(key, None)
+        if area is None:
+            area = CellArea(p.target)
+        self._areas[key] = area  # newest last: the oldest areas are forgotten first
+        while len(self._areas) > AREAS_KEPT:
+            self._areas.pop(next(iter(self._areas)))
+        return area
 
     @staticmethod
     def _arg_text(p: JobProgress, row: dict[str, Any]) -> str:

@@ -79,23 +79,58 @@ def bundle(widget: Any) -> dict[str, Any]:
     }
 
 
-class NotebookDashboard:
-    """A dashboard shown under the cell that submitted a job (used by the view thread)."""
+# How many earlier calls of a cell its area lists (one summary line each), at most.
+HISTORY_LINES = 10
 
-    def __init__(self, target: Any, snap: dict[str, Any]) -> None:
+
+class CellArea:
+    """One dashboard per notebook cell, however many calls the cell makes.
+
+    The first call shown in a cell puts the widget under it (its ``display_data`` carries the
+    submitting cell's parent header, so it lands there even if later cells have run since).
+    Each later call of the same cell takes the area over: the widget shows the newest call in
+    full, and the earlier ones above it as one summary line each (a loop of short maps no longer
+    stacks a dashboard per call). Used by the view thread only.
+    """
+
+    def __init__(self, target: Any) -> None:
         self.kernel, self.parent = target
-        self.widget = dashboard_class()(snapshot=snap)
+        self.calls: list[Any] = []  # the JobProgress of each call shown here, oldest first
+        self.snaps: dict[Any, dict[str, Any]] = {}
+        self.widget: Any = None
         self.display_id = uuid.uuid4().hex
-        self._send("display_data", bundle(self.widget), self.parent)
 
-    def update(self, snap: dict[str, Any]) -> None:
-        self.widget.snapshot = snap
+    def show(self, p: Any, snap: dict[str, Any], final: bool) -> None:
+        if p not in self.snaps:
+            self.calls.append(p)
+        self.snaps[p] = snap
+        composed = self._compose()
+        if self.widget is None:
+            self.widget = dashboard_class()(snapshot=composed)
+            self._send("display_data", bundle(self.widget), self.parent)
+            return
+        self.widget.snapshot = composed
+        if final:
+            # The final state also goes into the output itself: the fallbacks then show the
+            # summary, and a notebook saved without widget state still says how it ended.
+            self._send("update_display_data", bundle(self.widget), self._running_cell())
 
-    def close(self, snap: dict[str, Any]) -> None:
-        self.update(snap)
-        # The final state also goes into the output itself: the fallbacks then show the
-        # summary, and a notebook saved without widget state still says how the run ended.
-        self._send("update_display_data", bundle(self.widget), self._running_cell())
+    def _compose(self) -> dict[str, Any]:
+        newest = self.calls[-1]
+        composed = dict(self.snaps[newest])
+        earlier = self.calls[:-1]
+        history = [
+            {
+                "title": q.title,
+                "state": self.snaps[q]["state"],
+                "summary": summary_line(self.snaps[q]),
+            }
+            for q in earlier[-HISTORY_LINES:]
+        ]
+        if len(earlier) > HISTORY_LINES:
+            composed["history_more"] = len(earlier) - HISTORY_LINES
+        composed["history"] = history
+        return composed
 
     def _running_cell(self) -> Any:
         """The header of the cell running now (ipykernel 7 resolves this per thread); on older
@@ -110,6 +145,16 @@ class NotebookDashboard:
         self.kernel.session.send(
             self.kernel.iopub_socket, msg_type, content, parent=parent, ident=b"display_data"
         )
+
+
+def cell_key(p: Any) -> Any:
+    """Which area a call's dashboard goes to: its cell's (a pool dashboard has its own)."""
+    if p.title.startswith("pool ·"):
+        return ("pool", id(p))
+    try:
+        return ("cell", p.target[1]["header"]["msg_id"])
+    except (TypeError, KeyError, IndexError):
+        return ("call", id(p))
 
 
 # ----------------------------------------------------------------------------- fallbacks
@@ -155,10 +200,17 @@ def _item(row: dict[str, Any]) -> str:
     return f"#{row['item']} {row['arg']}".rstrip()
 
 
+def _history_text(h: dict[str, Any]) -> str:
+    return f"  {h['title']} · {h['state']} · {h['summary']}"
+
+
 def render_text(snap: dict[str, Any]) -> str:
     if not snap:
         return "nbpool dashboard"
-    lines = [f"nbpool · {snap['title']} · {snap['state']}", summary_line(snap)]
+    lines = [_history_text(h) for h in snap.get("history", ())]
+    if snap.get("history_more"):
+        lines.insert(0, f"({snap['history_more']} earlier calls)")
+    lines += [f"nbpool · {snap['title']} · {snap['state']}", summary_line(snap)]
     if snap.get("note"):
         lines.append(snap["note"])
     for r in snap["workers"]:
@@ -210,8 +262,14 @@ def render_html(snap: dict[str, Any]) -> str:
         f"<th style='{cell}'>{h}</th>" for h in ("Worker", "PID", "State", "Item", "Done", "RSS")
     )
     note = f"<div style='color:#59636e'>{e(snap['note'])}</div>" if snap.get("note") else ""
+    past = "".join(
+        f"<div style='color:#59636e'><span style='color:{_COLOURS.get(h['state'], '#6e7781')}'>"
+        f"●</span> {e(h['title'])} · {e(h['state'])} · {e(h['summary'])}</div>"
+        for h in snap.get("history", ())
+    )
     return (
         "<div class='nbpool-static' style='font-family:system-ui,sans-serif;font-size:13px'>"
+        f"{past}"
         f"<div><b>nbpool</b> · {e(snap['title'])} "
         f"<span style='color:#fff;background:{colour};border-radius:9px;padding:0 8px'>"
         f"{e(state)}</span></div>"

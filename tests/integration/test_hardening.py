@@ -326,3 +326,42 @@ def test_a_jobs_partial_line_is_written_when_the_job_ends(capsys):
         assert capsys.readouterr().out.endswith("] first\n")
         pool.map(f.sq, [1])  # a later job adds nothing to it
         assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------------- a memory limit below idle
+
+
+def test_a_memory_limit_below_an_idle_worker_is_refused_with_the_figure():
+    with pytest.raises(ValueError, match=r"below what a worker uses when idle: [\d.]+ MB"):
+        nbpool.Pool(2, max_memory_per_worker="10MB")
+
+
+def test_a_memory_limit_below_idle_never_becomes_a_respawn_loop(monkeypatch):
+    """Where Pool() cannot check (a slow initializer), the dispatcher does not replace a
+    worker that is over the limit before doing any work (16 pids in 4 s, before)."""
+    monkeypatch.setattr(_pool, "IDLE_CHECK_WAIT_S", 0.0)
+    with nbpool.Pool(1, max_memory_per_worker="10MB") as pool:
+        first = pool._engine.worker_pids()
+        time.sleep(2.5)  # five memory checks
+        assert pool._engine.worker_pids() == first
+        assert pool.map(f.sq, [3]) == [9]
+
+
+# ---------------------------------------------------------------- an imap iterator left early
+
+
+@pytest.mark.parametrize("how", ["break", "del"])
+def test_an_imap_iterator_left_early_cancels_its_job(tmp_path, how):
+    items = [(0.0 if i == 0 else 1.5, str(tmp_path / f"done-{i}")) for i in range(8)]
+    with nbpool.Pool(2) as pool:
+        if how == "break":
+            for _first in pool.imap(f.sleep_then_mark, items, 1):
+                break
+        else:
+            it = pool.imap(f.sleep_then_mark, items, 1)
+            next(it)
+            del it
+        gc.collect()
+        time.sleep(2.0)  # the running items would have ended by now
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["done-0"]
+        assert pool.map(f.sq, [2]) == [4]  # the pool goes on

@@ -181,17 +181,25 @@ def test_progress_true_shows_a_short_call_too(tmp_path):
 
 
 def test_a_failed_map_raises_at_once_and_its_dashboard_ends_failed(tmp_path):
+    """Its dashboard is final ("failed") by the time its cell ends (it used to say "running",
+    and a saved notebook kept that), while the other items finish in the background."""
     with kernel(str(tmp_path)) as (_km, kc):
         run_cell(kc, SETUP)
         # item 7 fails early; the other 92 items keep the workers busy for about 1 s more
         reply, msgs = timed_cell(kc, "pool.map(fails_on_7, range(100), progress=True)", ok=False)
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "ValueError"
+        mine = dashboard_traffic(msgs)
+        final = mine["snapshots"][-1][1]
+        assert final["state"] == "failed" and final["failed"] == 1, final
+        assert "background" in final["note"]
+        assert final["done"] < 100  # raised at the failure, not after the last item
+        (shown,) = mine["updates"]  # the output itself, in this cell
+        assert "failed" in shown["content"]["data"]["text/plain"]
         _, later = timed_cell(kc, "time.sleep(1.5)")  # the other items finish meanwhile
-        # The cell raised at the failure, before the job was over: its final state came later.
-        assert all(s["state"] == "running" for _, s in dashboard_traffic(msgs)["snapshots"])
-        final = dashboard_traffic(msgs + later)["snapshots"][-1][1]
-        assert final["state"] == "failed"
-        assert final["failed"] == 1 and final["done"] == 100
+        # ... and the dashboard stays as it was when its cell ended
+        assert dashboard_traffic(msgs + later)["snapshots"][-1][1] == final
+        out, _ = run_cell(kc, "print(pool.map(slow, range(3)))")
+        assert out.strip() == "[0, 1, 2]"
 
 
 def test_async_call_keeps_updating_its_own_cell_after_it_ended(tmp_path):
@@ -299,3 +307,30 @@ def test_pool_dashboard_and_pmap_progress_flags(tmp_path):
         assert ended and ended[-1]["state"] == "stopped" and "replaced" in ended[-1]["note"]
         assert second["snapshots"][-1][1]["rate"] < 1000  # counted from when it was shown
         run_cell(kc, "%pool stop")
+
+
+def test_a_loop_of_calls_in_one_cell_shares_one_dashboard(tmp_path):
+    """Each call used to stack a dashboard of its own under the cell; now the cell has one
+    area: the newest call in full, the earlier ones as a summary line each."""
+    with kernel(str(tmp_path)) as (_km, kc):
+        run_cell(kc, SETUP)
+        _, msgs = timed_cell(
+            kc, "for k in range(3):\n    pool.map(slow, range(20 + k), progress=True)"
+        )
+    opened = [
+        m
+        for _, m in msgs
+        if m["msg_type"] == "comm_open"
+        and m["content"]["data"]["state"].get("_anywidget_id", "").endswith("Dashboard")
+    ]
+    assert len(opened) == 1
+    d = dashboard_traffic(msgs)
+    assert len(d["displays"]) == 1
+    final = d["snapshots"][-1][1]
+    assert final["state"] == "finished" and final["total"] == 22
+    assert [(h["state"], h["title"]) for h in final["history"]] == [
+        ("finished", "map(slow) · 20 items"),
+        ("finished", "map(slow) · 21 items"),
+    ]
+    shown = d["updates"][-1]["content"]["data"]["text/plain"]
+    assert "map(slow) · 20 items · finished" in shown and "22 / 22 items" in shown

@@ -70,3 +70,50 @@ def test_pmap_and_pool_magics(tmp_path):
         assert out.strip() == "stopped"
         err = _error(kc, "%pool frobnicate")
         assert err["ename"] == "UsageError"
+
+
+def test_pool_size_options_are_applied_or_refused(tmp_path):
+    """-n used to be ignored silently once the session pool existed, and -n 0 was accepted."""
+    with kernel(str(tmp_path)) as (_km, kc):
+        run_cell(kc, "%load_ext nbpool\nimport nbpool._magic as m")
+        out, _ = run_cell(kc, "%pool start -n 2")
+        assert "2 workers" in out
+        out, _ = run_cell(kc, "%pool start -n 1")
+        assert "restarting the session pool with 1 worker (it had 2)" in out
+        out, _ = run_cell(kc, "print(m._SESSION['pool']._processes)")
+        assert out.strip() == "1"
+        out, msgs = run_cell(kc, "%%pmap -n 2 x in range(4)\nx")
+        assert "restarting the session pool with 2 workers (it had 1)" in out
+        assert _result(msgs) == "[0, 1, 2, 3]"
+        out, _ = run_cell(kc, "%pool start -n 2")  # the same size: kept as it is
+        assert "restarting" not in out
+        for bad in ("%pool start -n 0", "%pool restart -n -3", "%pool start -n two"):
+            err = _error(kc, bad)
+            assert err["ename"] == "UsageError", bad
+        err = _error(kc, "%%pmap -n 0 x in [1]\nx")
+        assert err["ename"] == "UsageError" and "at least 1" in err["evalue"]
+        run_cell(kc, "%pool stop")
+
+
+def test_pmap_bodies_take_ipython_syntax_and_show_their_lines(tmp_path):
+    with kernel(str(tmp_path)) as (_km, kc):
+        run_cell(kc, "%load_ext nbpool\n%pool start -n 2")
+        out, msgs = run_cell(
+            kc, "%%pmap x in ['a', 'b']\n!echo shell {x}\ngot = !echo got {x}\n%time y = 1\ngot[0]"
+        )
+        assert _result(msgs) == "['got a', 'got b']"
+        assert "] shell a" in out and "] shell b" in out and "Wall time" in out
+        # a syntax error names the line of the cell
+        err = _error(kc, "%%pmap x in [1]\ny = 1\nx +\n")
+        assert err["ename"] == "UsageError" and "line 3 of the cell ('x +')" in err["evalue"]
+        # a failing item's remote traceback shows the cell and the line as typed
+        err = _error(kc, "%%pmap x in [1]\ny = x\nraise ValueError(f'bad {y}')")
+        tb = "\n".join(err["traceback"])
+        assert "Cell In[" in tb and ", line 3, in pmap_cell" in tb
+        assert "raise ValueError(f'bad {y}')" in tb
+        # assigning a notebook name in the body: the scoping rule is explained
+        run_cell(kc, "OFFSET = 10")
+        err = _error(kc, "%%pmap x in range(2)\nOFFSET = OFFSET + x\nOFFSET")
+        assert err["ename"] == "UnboundLocalError"
+        assert "every name you assign is local to the item" in "\n".join(err["traceback"])
+        run_cell(kc, "%pool stop")
