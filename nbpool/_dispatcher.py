@@ -4,30 +4,37 @@
 
   caller threads (Pool methods)         dispatcher thread (one per pool)            workers
   ─────────────────────────────         ────────────────────────────────            ───────
-  validate, pickle fn (pre-flight)
+  validate, pickle fn (pre-flight),
+  note stdout/stderr/cell (_output)
   Job ──► commands deque ──► wake pipe ─► select(timeout = next timer) over
   KeyboardInterrupt ─► Cancel ─┘          · wake pipe  (submit, cancel, close, terminate)
-                                          · sockets    ◄── Ready / ChunkDone / failures ──
+  dropped imap iterator ─► Cancel ┘       · sockets    ◄── Ready / ChunkDone / LogRecord ──
                                           · pidfds     ◄── (process exit)
-                                          · stdout/err ◄── lines ──► [w1 pid 4711] ...
+                                          · stdout/err ◄── bytes ──► lines ──► the job's
+                                                                     stream / cell (_output)
                                           timers: task_timeout, memory check, cancel grace,
                                                   partial output lines, progress tick
                                           progress tick (_progress): snapshot ──► view thread
-                                            (_views: widget / tqdm, never waited on)
+                                            (_views: one dashboard per cell / tqdm, never
+                                            waited on)
                                           schedule: an idle worker pulls the next chunk
                                             ─── RunChunk (+ pickled items) ──────────────►
-                                          fill result objects, run callbacks
-  AsyncResult.get() ◄── Event / Condition ┘
+                                          fill result objects ───────────────┐
+  AsyncResult.get() ◄── Event / Condition ◄─ callback thread (_events): callback, then
+                                             ready; log records to the caller's logging
                                           a dead worker: read which item it was on from its
                                           shared slot, fail (or retry) that item, requeue the
-                                          rest, respawn it
+                                          rest, respawn it (its process group and
+                                          descendants are killed: _proctree)
 
 The thread's code is this module (loop, commands, spawning, shutdown) and four mixins of
 ``Engine``: ``_scheduling`` (chunks to workers), ``_inbox`` (messages and output from workers),
 ``_faults`` (cancel, timeouts, memory limits, dead workers) and ``_progress`` (snapshots for
 the dashboard). Everything that
 touches a socket, a process or a Job happens in this thread, so none of that state needs a lock;
-caller threads only append to ``_commands`` and write a byte to the wake pipe.
+caller threads only append to ``_commands`` and write a byte to the wake pipe. No user code
+runs here but pickling and the input iterator: callbacks and log handlers run in the callback
+thread, so a callback that blocks (or calls the pool) cannot stop this one.
 A worker's death is seen in the same ``select()`` as its results: its socket reaches EOF and its
 pidfd becomes readable. No polling loop, no sleep: ``select()`` wakes for I/O or the next timer.
 """

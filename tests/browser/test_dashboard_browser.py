@@ -170,3 +170,27 @@ def test_async_call_updates_its_own_cell_after_it_ended(jupyter_server, page):
     submitting.scroll_into_view_if_needed()
     screenshot(page, f"async-{jupyter_server.kind}")
     assert not js_errors(page), page.js_errors
+
+
+def test_a_loop_of_calls_shows_one_dashboard_with_earlier_calls_as_lines(jupyter_server, page):
+    cells = [
+        "import time, nbpool\npool = nbpool.Pool(2)\n"
+        "def work(x):\n    time.sleep(0.01)\n    return x",
+        "for n in (20, 30, 40):\n    pool.map(work, range(n), progress=True)",
+        "pool.terminate()",
+    ]
+    write_notebook(jupyter_server, "loop.ipynb", cells)
+    open_notebook(page, jupyter_server, "loop.ipynb")
+    run_all(page)
+    wait_all_executed(page, len(cells), timeout=60)
+    loop = page.locator(".jp-Notebook .jp-CodeCell").nth(1)
+    loop.locator(f"{DASH}[data-state='finished']").wait_for(timeout=15_000)
+    assert loop.locator(DASH).count() == 1
+    assert loop.locator(".nbpool-count").text_content().strip() == "40 / 40 items"
+    past = loop.locator(".nbpool-past").all_text_contents()
+    assert len(past) == 2, past
+    assert "map(work) · 20 items" in past[0] and "finished" in past[0]
+    assert "map(work) · 30 items" in past[1] and "30 / 30 items" in past[1]
+    loop.scroll_into_view_if_needed()
+    loop.locator(DASH).screenshot(path=str(screenshot(page, f"loop-{jupyter_server.kind}")))
+    assert not js_errors(page), page.js_errors
