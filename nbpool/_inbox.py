@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 
 from ._engine_state import EngineState
 from ._errors import RemoteTraceback, SerializationError
@@ -186,7 +187,11 @@ class InboxMixin(EngineState):
     def _drain_output(self, w: Worker) -> None:
         """Read everything the worker has written so far (it flushes its streams before each
         message it sends us), so that it is attributed to the work it belongs to."""
-        for fd in list(w.out_fds):
+        if not w.out_fds:
+            return
+        # One select() for both pipes: most chunks print nothing (this runs per chunk).
+        ready, _, _ = select.select(list(w.out_fds), [], [], 0)
+        for fd in ready:
             while self._read_output(w, fd) == "data":
                 pass
 
