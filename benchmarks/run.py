@@ -15,11 +15,13 @@ and the run goes on. The table is printed and written as markdown to
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
 import platform
 import select
+import shutil
 import signal
 import statistics
 import subprocess
@@ -118,6 +120,15 @@ def _reap_group(pgid: int) -> list[str]:
     return [f"{len(left)} process(es) outlived the pool and were killed"]
 
 
+# The children (each library's rows) run in an empty folder: the task module (benchmarks/
+# _tasks.py, found through the script's own folder on sys.path) then counts as an installed
+# module, which every library pickles by reference. From the repository root it would be a
+# module next to the caller's working directory, which nbpool ships by value (its code as the
+# caller has it; see docs/user-guide.md), and nbpool alone would pay for that.
+CHILD_CWD = tempfile.mkdtemp(prefix="nbpool-bench-")
+atexit.register(shutil.rmtree, CHILD_CWD, True)
+
+
 class Child:
     """A ``_rows.py`` child driven line by line, every answer under a deadline."""
 
@@ -125,7 +136,7 @@ class Child:
         self.err = tempfile.TemporaryFile()  # noqa: SIM115 (closed in finish/kill)
         self.proc = subprocess.Popen(
             [sys.executable, *args],
-            cwd=REPO,
+            cwd=CHILD_CWD,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.err,
@@ -218,7 +229,7 @@ def run_child(args: list[str], timeout: float) -> tuple[str, str, str | None, li
     """Run ``python args...`` in its own session; return stdout, stderr, error, notes."""
     proc = subprocess.Popen(
         [sys.executable, *args],
-        cwd=REPO,
+        cwd=CHILD_CWD,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
