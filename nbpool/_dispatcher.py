@@ -44,6 +44,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import functools
 import os
 import selectors
 import sys
@@ -70,7 +71,7 @@ from ._timers import Timers
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 # Engines alive in this process, terminated at interpreter exit.
@@ -365,38 +366,49 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             self._progress_ended(job, "failed" if failed else "finished")
 
     def _teardown(self) -> None:
+        # Each step on its own: a failure in one (a bug, a worker in a strange state) must not
+        # skip the rest, above all closing the wake pipe that later calls check (see _post).
         _LIVE.discard(self)
         err = PoolClosedError("the pool was terminated before this result was ready")
         jobs = list(self._jobs.values())
+        steps: list[Callable[[], object]] = []
         for job in jobs:
-            job.failed_fn = True  # nothing more is delivered to its result
-            job.sink._abort(err)
+            steps.append(functools.partial(_fail_job, job, err))
         workers = list(self._all)
-        for w in workers:
-            w.kill()  # (not poll() first: reaping here would free its group id for reuse)
-        for w in workers:
-            self._on_death(w)
-        self._jobs.clear()
-        self._sel.close()
+        # (kill all, then reap: not poll() first, reaping would free a group id for reuse)
+        steps += [w.kill for w in workers]
+        steps += [functools.partial(self._on_death, w) for w in workers]
+        steps += [self._jobs.clear, self._sel.close, functools.partial(self._close_inbox, err)]
+        steps.append(self.events.close)  # not joined: a callback may be calling terminate()
+        # Progress last, once the workers are gone and every caller is answered: a slow
+        # frontend can delay the end of this thread (2 s at most), never the pool's shutdown.
+        steps += [functools.partial(self._progress_ended, job, "stopped") for job in jobs]
+        steps.append(functools.partial(self._progress_ended, None, "stopped"))
+        if self._views is not None:
+            steps.append(functools.partial(self._views.stop, timeout=2))
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                import traceback
+
+                traceback.print_exc()
+
+    def _close_inbox(self, err: BaseException) -> None:
         with self._wake_lock:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            for fd in (self._wake_r, self._wake_w, self._lifeline_r, self._lifeline_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             self._wake_r = self._wake_w = -1
-            os.close(self._lifeline_r)
-            os.close(self._lifeline_w)
             for cmd in self._commands:  # submitted after our last look: fail, don't strand
                 if isinstance(cmd, Submit):
                     cmd.job.sink._abort(err)
             self._commands.clear()
-        self.events.close()  # not joined: a callback may be the one calling terminate()
-        # Progress last, once the workers are gone and every caller is answered: a slow
-        # frontend can delay the end of this thread (2 s at most), never the pool's shutdown.
-        for job in jobs:
-            self._progress_ended(job, "stopped")
-        self._progress_ended(None, "stopped")
-        if self._views is not None:
-            with contextlib.suppress(Exception):
-                self._views.stop(timeout=2)
+
+
+def _fail_job(job: Job, err: BaseException) -> None:
+    job.failed_fn = True  # nothing more is delivered to its result
+    job.sink._abort(err)
 
 
 def _terminate_all_at_exit() -> None:

@@ -120,14 +120,15 @@ class EventThread:
     def _next(self, done: Callable[[], bool], deadline: float | None) -> Any:
         """The next piece of work, or None once ``done()`` or past ``deadline``."""
         with self._cond:
-            while not self._queue:
+            while True:
                 if done():
                     return None
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if remaining is not None and remaining <= 0:  # queued work or not: time is up
                     return None
+                if self._queue:
+                    return self._queue.popleft()
                 self._cond.wait(remaining)
-            return self._queue.popleft()
 
     def _run(self) -> None:
         _local.thread = self

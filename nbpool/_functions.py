@@ -234,7 +234,10 @@ def _fn_state(fn: Any) -> tuple[Any, ...] | None:
 
 
 def _pickle_function(serializer: str, fn: Any, found: _Collect) -> bytes:
-    state = _fn_state(fn)
+    # dill ships functions of modules next to the notebook by reference (no globals recorded,
+    # see _dillpickler): only its __main__ functions record globals as a cache hit does.
+    by_ref = serializer == "dill" and getattr(fn, "__module__", None) != "__main__"
+    state = None if by_ref else _fn_state(fn)
     if state is None:
         return _pickle_with(serializer, fn, found)
     import weakref

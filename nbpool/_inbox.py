@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 
 from ._engine_state import EngineState
 from ._errors import RemoteTraceback, SerializationError
@@ -22,6 +21,8 @@ from ._protocol import (
     ItemFailure,
     LogRecord,
     Ready,
+    UnreadableMessage,
+    readable,
 )
 from ._remote_errors import load_failure_hint, rebuild_exception
 from ._serialize import loads_data
@@ -31,6 +32,9 @@ class InboxMixin(EngineState):
     def _read(self, w: Worker, timeout: float | None = None) -> bool:
         try:
             msg, buffers = w.ch.recv(timeout)
+        except UnreadableMessage as exc:  # never expected (messages are plain data): no hang
+            w.kill(note=f"it sent a message the kernel could not read ({exc})")
+            return False
         except (EOFError, OSError):
             return False
         if isinstance(msg, ChunkDone):
@@ -129,7 +133,9 @@ class InboxMixin(EngineState):
     def _on_fn_load_failed(self, w: Worker, msg: FnLoadFailed) -> None:
         self._pop_chunk(w, msg.job_id, msg.chunk_id)
         job = self._jobs.get(msg.job_id)
-        if job is None:
+        if job is None:  # which function it was: unknown, so forget what it holds
+            w.fns.clear()
+            w.globals.clear()
             return
         w.fns.pop(job.fn.digest, None)
         for module, name, _digest, _data in job.fn.globals:  # which ones it applied: unknown
@@ -189,8 +195,8 @@ class InboxMixin(EngineState):
         message it sends us), so that it is attributed to the work it belongs to."""
         if not w.out_fds:
             return
-        # One select() for both pipes: most chunks print nothing (this runs per chunk).
-        ready, _, _ = select.select(list(w.out_fds), [], [], 0)
+        # One poll() for both pipes: most chunks print nothing (this runs per chunk).
+        ready = readable(list(w.out_fds), 0)
         for fd in ready:
             while self._read_output(w, fd) == "data":
                 pass

@@ -103,10 +103,12 @@ class LineBuffer:
             line_target = target  # the partial line was the first one; the rest are new
         if lines:
             self.target, self.job_id, self.redrawn = target, job_id, False
-        cr = self.partial.rfind(b"\r")
-        if cr >= 0:
+        if b"\r" in self.partial:
             # Keep only the latest redraw: a bar redrawn for hours must not grow the buffer.
-            self.partial = self.partial[cr:]
+            # Its text may end with the "\r" itself (`print("10%", end="\r")`): keep that text.
+            cr = self.partial.rstrip(b"\r").rfind(b"\r")
+            if cr > 0:
+                self.partial = self.partial[cr:]
             self.redrawn = True
             text = _visible(self.partial.decode("utf-8", "replace"))
             if text:

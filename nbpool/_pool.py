@@ -203,11 +203,15 @@ class Pool:
             for fd in lifeline:
                 os.close(fd)
             raise
-        if max_memory is not None:
-            self._check_idle_memory(max_memory, max_memory_per_worker)
         # Terminate the workers when the pool is garbage collected, as the stdlib does. The
         # finalizer holds the engine, never the pool, so it does not keep the pool alive.
         self._finalizer = weakref.finalize(self, self._engine.terminate)
+        if max_memory is not None:
+            try:
+                self._check_idle_memory(max_memory, max_memory_per_worker)
+            except BaseException:  # an interrupt during the wait too: no pool, no workers
+                self.terminate()
+                raise
 
     def _check_idle_memory(self, limit: int, spec: object) -> None:
         """Refuse a memory limit that an idle worker is already over: every worker would be

@@ -14,13 +14,14 @@ import collections
 import contextlib
 import mmap
 import os
-import select
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 from ._proctree import kill_group, kill_tree
-from ._protocol import STAGE_IDLE, Channel, channel_pair
+from ._protocol import STAGE_IDLE, Channel, channel_pair, readable
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class Worker:
             for fd in (child_end, slot_fd, out_w, err_w):
                 os.close(fd)
         self.pid = self.proc.pid
+        self._reap_lock = threading.Lock()
         self.ch: Channel = ch
         self.out_fds: dict[int, str] = {out_r: "stdout", err_r: "stderr"}
         self.pidfd: int | None = None
@@ -124,14 +126,25 @@ class Worker:
             self.kill_reason = reason
         if note and not self.kill_note:
             self.kill_note = note
-        if self.proc.returncode is None:  # not reaped: its pid (and group id) is still ours
-            kill_tree(self.pid)
+        with self._reap_lock:  # (force_stop calls this from another thread than reap's)
+            if self.proc.returncode is None:  # not reaped: its pid (and group id) are ours
+                kill_tree(self.pid)
 
     def _exited(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the process to exit, without reaping it (pidfd)."""
-        if self.pidfd is None:
-            return False
-        return bool(select.select([self.pidfd], [], [], timeout)[0])
+        """Wait up to ``timeout`` for the process to exit, without reaping it."""
+        if self.pidfd is not None:
+            return bool(readable([self.pidfd], timeout))
+        deadline = time.monotonic() + timeout  # no pidfd (old kernel): poll waitid(WNOWAIT)
+        while True:
+            try:
+                flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+                if os.waitid(os.P_PID, self.pid, flags) is not None:
+                    return True
+            except ChildProcessError:  # reaped already
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def reap(self) -> int:
         """Wait for the exit status (the process is gone or going); close what we hold.
@@ -140,18 +153,17 @@ class Worker:
         for) is killed before the worker is reaped: until then its pid, which is the group's
         id, cannot be reused by another process.
         """
-        if self.proc.returncode is None and self.pidfd is not None:
-            if not self._exited(2):
+        with self._reap_lock:
+            if self.proc.returncode is None:
+                if not self._exited(2):
+                    kill_tree(self.pid)
+                    self._exited(2)
+                kill_group(self.pid)
+            try:
+                code = self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
                 kill_tree(self.pid)
-                self._exited(2)
-            kill_group(self.pid)
-        try:
-            code = self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            kill_tree(self.pid)
-            code = self.proc.wait()
-        if self.pidfd is None:  # no pidfd (old kernel): the group goes after the reap
-            kill_group(self.pid)
+                code = self.proc.wait()
         self.ch.close()
         if self.pidfd is not None:
             os.close(self.pidfd)

@@ -166,6 +166,19 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
+class UnreadableMessage(OSError):
+    """A whole frame arrived but its message could not be unpickled on this side."""
+
+
+def readable(fds: list[int], timeout: float) -> list[int]:
+    """The fds of ``fds`` ready to read within ``timeout`` seconds. poll(), not select():
+    select() cannot take an fd of 1024 or more, which a kernel with many open files reaches."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    return [fd for fd, _ in p.poll(max(0, int(timeout * 1000 + 0.999)))]
+
+
 class Channel:
     """One end of a worker's socket pair, as a raw fd (the worker then never imports ``socket``:
     its start-up is every pool's cold start). One sender and one reader at a time."""
@@ -205,7 +218,7 @@ class Channel:
         view = memoryview(buf)
         got = 0
         while got < n:
-            if timeout is not None and not select.select([self.fd], [], [], timeout)[0]:
+            if timeout is not None and not readable([self.fd], timeout):
                 raise TimeoutError(f"no data from the worker within {timeout} s")
             k = os.readv(self.fd, [view[got:]])
             if k == 0:
@@ -221,7 +234,10 @@ class Channel:
         for _ in range(ninner + nbuf):
             (n,) = _LEN.unpack(self._read_exact(_LEN.size, timeout))
             buffers.append(self._read_exact(n, timeout))
-        msg = pickle.loads(head, buffers=buffers[:ninner])
+        try:
+            msg = pickle.loads(head, buffers=buffers[:ninner])
+        except Exception as exc:  # the frame was read whole: the stream is still in step
+            raise UnreadableMessage(f"{type(exc).__name__}: {exc}") from exc
         return msg, buffers[ninner:]
 
 

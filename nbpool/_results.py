@@ -23,6 +23,8 @@ TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
 
+_FINISH_LOCK = threading.Lock()
+
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "IMapUnorderedIterator", "MapResult"]
 
 
@@ -100,7 +102,7 @@ class ApplyResult:
         self._canceller: Callable[[], None] | None = None
         self._events: Any = None  # the pool's _events.EventThread
         self._cell: Any = None
-        self._waker: Callable[[], None] | None = None  # a callback thread waiting on us
+        self._wakers: list[Callable[[], None]] = []  # callback threads waiting on us
         self._conclude: Callable[[], None] | None = None  # end its dashboard (see Pool._wait)
         self._progress: Any = None  # its job's _progress.JobProgress, if it has a view
 
@@ -118,7 +120,7 @@ class ApplyResult:
         if pump is not None and not self._event.is_set():
             # We are a callback waiting for a result: its own callback may be queued behind us
             # in this very thread, so run the queue while we wait (see _events).
-            self._waker = pump.wake
+            self._wakers.append(pump.wake)
             pump.pump_until(self._event.is_set, timeout)
             return
         try:
@@ -140,12 +142,15 @@ class ApplyResult:
 
     # -- dispatcher side
     def _finish(self, success: bool, value: Any) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._success, self._value = success, value
-        cb = self._callback if success else self._error_callback
-        self._callback = self._error_callback = self._canceller = None
+        # The dispatcher finishes results; so may a caller thread in Pool.terminate() when the
+        # dispatcher is stuck (Engine.force_stop): only the first one counts.
+        with _FINISH_LOCK:
+            if self._done:
+                return
+            self._success, self._value = success, value
+            self._done = True
+            cb = self._callback if success else self._error_callback
+            self._callback = self._error_callback = self._canceller = None
         if cb is None:
             self._set_ready()
         elif self._events is None:  # not submitted through a pool (tests of this class)
@@ -162,9 +167,9 @@ class ApplyResult:
 
     def _set_ready(self) -> None:
         self._event.set()
-        waker = self._waker
-        if waker is not None:
-            waker()
+        wakers, self._wakers = self._wakers, []
+        for wake in wakers:
+            wake()
 
     def _set_length(self, n: int) -> None:
         pass

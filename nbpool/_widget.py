@@ -97,6 +97,8 @@ class CellArea:
         self.kernel, self.parent = target
         self.calls: list[Any] = []  # the JobProgress of each call shown here, oldest first
         self.snaps: dict[Any, dict[str, Any]] = {}
+        self.finished: set[Any] = set()  # calls whose final snapshot came
+        self.forgotten = 0  # finished calls too old to have a line: only counted
         self.widget: Any = None
         self.display_id = uuid.uuid4().hex
 
@@ -104,6 +106,9 @@ class CellArea:
         if p not in self.snaps:
             self.calls.append(p)
         self.snaps[p] = snap
+        if final:
+            self.finished.add(p)
+        self._forget_old()
         composed = self._compose()
         if self.widget is None:
             self.widget = dashboard_class()(snapshot=composed)
@@ -114,6 +119,19 @@ class CellArea:
             # The final state also goes into the output itself: the fallbacks then show the
             # summary, and a notebook saved without widget state still says how it ended.
             self._send("update_display_data", bundle(self.widget), self._running_cell())
+
+    def _forget_old(self) -> None:
+        """Keep the newest call and HISTORY_LINES earlier ones: a cell that loops over a
+        million calls must not keep a million snapshots. (A call still running is kept: it
+        will send more.)"""
+        while len(self.calls) > HISTORY_LINES + 1:
+            old = next((q for q in self.calls[:-1] if q in self.finished), None)
+            if old is None:
+                return
+            self.calls.remove(old)
+            del self.snaps[old]
+            self.finished.discard(old)
+            self.forgotten += 1
 
     def _compose(self) -> dict[str, Any]:
         newest = self.calls[-1]
@@ -127,8 +145,9 @@ class CellArea:
             }
             for q in earlier[-HISTORY_LINES:]
         ]
-        if len(earlier) > HISTORY_LINES:
-            composed["history_more"] = len(earlier) - HISTORY_LINES
+        more = max(0, len(earlier) - HISTORY_LINES) + self.forgotten
+        if more:
+            composed["history_more"] = more
         composed["history"] = history
         return composed
 

@@ -75,8 +75,6 @@ def _install(logging: Any) -> None:
 
 def _as_dict(logging: Any, record: Any) -> dict[str, Any]:
     """The record as plain data: message formatted here, traceback as text."""
-    import pickle
-
     d = dict(record.__dict__)
     d["processName"] = worker_name()  # multiprocessing may not be imported: set it ourselves
     d["msg"] = record.getMessage()
@@ -86,11 +84,24 @@ def _as_dict(logging: Any, record: Any) -> dict[str, Any]:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         d["exc_text"] = record.exc_text
     d["exc_info"] = None
-    for key, value in list(d.items()):  # an `extra=` value that cannot travel goes as its repr
-        if isinstance(value, (str, int, float, bool, type(None))):
-            continue
-        try:
-            pickle.dumps(value)
-        except Exception:
+    for key, value in list(d.items()):  # an `extra=` value that is not plain data: its repr
+        if not _plain(value):
             d[key] = repr(value)
     return d
+
+
+_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Builtin scalars and containers of them: what the caller can always unpickle (an object
+    of a class only the worker can import would not be)."""
+    if type(value) in _SCALARS:
+        return True
+    if depth > 3:
+        return False
+    if type(value) in (list, tuple, set, frozenset):
+        return all(_plain(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    return False

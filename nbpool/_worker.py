@@ -27,7 +27,6 @@ import _signal  # not `signal`: its enums cost a worker ~0.4 ms of start-up
 import _thread  # not `threading`: one bare thread needs none of it (start-up cost)
 import mmap
 import os
-import select
 import sys
 import time
 from collections import OrderedDict, deque
@@ -54,6 +53,7 @@ from ._protocol import (
     Ready,
     RunChunk,
     Shutdown,
+    readable,
 )
 from ._remote_errors import pack_exception
 from ._serialize import dumps_data, loads_data, short_repr
@@ -198,7 +198,7 @@ def _take(ch: Channel, pending: deque, cancelled: set[int]) -> None:
     before them. A Cancel can arrive while we wait for work (the kernel sent it before it read
     our last ChunkDone): it is noted and we go on waiting."""
     while True:
-        if pending and not select.select([ch.fd], [], [], 0)[0]:
+        if pending and not readable([ch.fd], 0):
             return
         try:
             msg, buffers = ch.recv()
@@ -258,9 +258,9 @@ def main() -> None:
         if isinstance(msg, Shutdown):
             break
         assert isinstance(msg, RunChunk)
-        if msg.job_id in cancelled:
-            ch.send(ChunkDone(wid, msg.job_id, msg.chunk_id, 0.0, skipped=True))
-            continue
+        # The function and the log levels are applied even for a cancelled job's chunk: the
+        # kernel keeps a mirror of what this worker holds (_scheduling.fn_for) and will not send
+        # them again.
         slot[0], slot[1], slot[2] = msg.job_id, msg.chunk_id, STAGE_LOADING
         if msg.log_levels is not None:
             apply_log_levels(msg.log_levels)
@@ -275,11 +275,14 @@ def main() -> None:
                 continue
             if len(fns) > FN_CACHE_SIZE:
                 fns.popitem(last=False)
-        else:
-            fns.move_to_end(msg.fn_digest)
         fn = fns.get(msg.fn_digest)
         if fn is None:  # its load failed earlier; the kernel fails the job on our word
             ch.send(FnLoadFailed(wid, msg.job_id, msg.chunk_id, "function not loaded"))
+            continue
+        fns.move_to_end(msg.fn_digest)
+        if msg.job_id in cancelled:
+            slot[2] = STAGE_IDLE
+            ch.send(ChunkDone(wid, msg.job_id, msg.chunk_id, 0.0, skipped=True))
             continue
         t0 = time.perf_counter()
         try:

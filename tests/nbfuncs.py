@@ -243,3 +243,20 @@ def identity_in_worker(_=None):
 def say_without_newline(text):
     print(text, end="")
     return text
+
+
+def log_worker_only_object(folder):
+    """Log a record whose `extra=` holds an object of a class only this worker can import."""
+    import importlib
+    import logging
+    import os
+    import sys
+
+    with open(os.path.join(folder, "worker_only_mod.py"), "w") as fh:
+        fh.write("class Thing:\n    def __repr__(self):\n        return '<Thing>'\n")
+    sys.path.insert(0, folder)
+    mod = importlib.import_module("worker_only_mod")
+    logging.getLogger("nbpool.tests.task").warning(
+        "with extras", extra={"thing": mod.Thing(), "ids": [1, 2], "pair": ("a", 1.5)}
+    )
+    return 1

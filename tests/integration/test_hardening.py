@@ -55,6 +55,36 @@ def test_a_callback_waiting_for_a_result_whose_callback_is_queued_behind_it():
         assert order == ["second", ("first sees", 0.3)]
 
 
+def test_a_wait_with_a_timeout_inside_a_callback_keeps_its_timeout():
+    """The wait runs queued work meanwhile; it used to run the whole queue before it looked
+    at its timeout."""
+    from nbpool._events import EventThread
+    from nbpool._results import ApplyResult
+
+    events = EventThread("test-callbacks")
+    never = ApplyResult()
+    ran: list[int] = []
+    outcome: list[object] = []
+
+    def waiting_callback():
+        try:
+            never.get(0.3)
+        except nbpool.TimeoutError as exc:
+            outcome.append((exc, len(ran)))
+
+    events.post(waiting_callback, ())
+    for i in range(100):  # 5 s of queued work behind it
+        events.post(lambda i=i: (time.sleep(0.05), ran.append(i)), ())
+    deadline = time.monotonic() + 30
+    while not outcome and time.monotonic() < deadline:
+        time.sleep(0.01)
+    events.close()
+    events.join(30)
+    ((_exc, ran_during_wait),) = outcome
+    assert ran_during_wait < 100
+    assert ran == list(range(100))  # the rest ran after it, in order
+
+
 def test_a_blocked_callback_delays_only_later_callbacks():
     with nbpool.Pool(2) as pool:
         release = threading.Event()
@@ -110,16 +140,38 @@ def test_terminate_returns_when_the_dispatcher_is_stuck_in_user_code(monkeypatch
     del it
 
 
+def test_a_failing_step_of_the_dispatchers_teardown_does_not_strand_later_calls(monkeypatch, capfd):
+    """The dispatcher fails (a bug) and so does one step of its teardown: the rest still runs,
+    the workers are gone and a later call fails at once instead of waiting forever."""
+    from nbpool._dispatcher import Engine
+
+    def broken(self, *args):
+        raise RuntimeError("a bug")
+
+    pool = nbpool.Pool(1)
+    pids = pool._engine.worker_pids()
+    monkeypatch.setattr(Engine, "_on_death", broken)
+    monkeypatch.setattr(Engine, "_schedule", broken)
+    with pytest.raises(RuntimeError, match="dispatcher failed"):
+        pool.apply(abs, (-1,))
+    pool._engine.join(10)
+    assert not pool._engine.is_alive()
+    assert wait_gone(pids) == []  # killed, though reaping them failed
+    with pytest.raises(nbpool.PoolClosedError):
+        pool.apply_async(abs, (-1,)).get(5)
+    monkeypatch.undo()
+    pool.terminate()
+    assert "a bug" in capfd.readouterr().err
+
+
 # ---------------------------------------------------------------- a cancel while a worker is idle
 
 
-def test_a_cancel_that_reaches_an_idle_worker_is_noted_not_fatal():
-    """The worker waits for work and gets a Cancel first (the kernel sent it before it read the
-    worker's last ChunkDone): it used to die with `pop from an empty deque`."""
-    from nbpool._functions import dumps_fn
+@contextlib.contextmanager
+def _bare_worker():
+    """A real worker process, past its Hello, driven message by message."""
     from nbpool._procs import Worker
-    from nbpool._protocol import Cancel, ChunkDone, Hello, Ready, RunChunk
-    from nbpool._serialize import dumps_data
+    from nbpool._protocol import Hello, Ready
 
     lifeline_r, lifeline_w = os.pipe()
     w = Worker(0, lifeline_r)
@@ -127,6 +179,22 @@ def test_a_cancel_that_reaches_an_idle_worker_is_noted_not_fatal():
         w.ch.send(Hello(0, tuple(sys.path), None))
         msg, _ = w.ch.recv(timeout=30)
         assert isinstance(msg, Ready)
+        yield w
+    finally:
+        w.kill()
+        w.reap()
+        os.close(lifeline_r)
+        os.close(lifeline_w)
+
+
+def test_a_cancel_that_reaches_an_idle_worker_is_noted_not_fatal():
+    """The worker waits for work and gets a Cancel first (the kernel sent it before it read the
+    worker's last ChunkDone): it used to die with `pop from an empty deque`."""
+    from nbpool._functions import dumps_fn
+    from nbpool._protocol import Cancel, ChunkDone, RunChunk
+    from nbpool._serialize import dumps_data, loads_data
+
+    with _bare_worker() as w:
         w.ch.send(Cancel(0, 7))  # for a job the worker has nothing of
         time.sleep(0.3)  # it is now blocked waiting for work, with the Cancel taken
         fn = dumps_fn(abs)
@@ -134,19 +202,55 @@ def test_a_cancel_that_reaches_an_idle_worker_is_noted_not_fatal():
         w.ch.send(RunChunk(8, 1, 0, 2, "map", fn, fn.digest), [data, *oob])
         msg, buffers = w.ch.recv(timeout=30)
         assert isinstance(msg, ChunkDone) and not msg.failures
-        from nbpool._serialize import loads_data
-
         assert loads_data(buffers[0], buffers[1:]) == [3, 4]
         # ... and a chunk of the cancelled job is skipped, not run
         w.ch.send(RunChunk(7, 1, 0, 2, "map", None, fn.digest), [data, *oob])
         msg, _ = w.ch.recv(timeout=30)
         assert isinstance(msg, ChunkDone) and msg.skipped
         assert w.proc.poll() is None
+
+
+def test_a_skipped_chunk_still_loads_the_function_it_carries():
+    """A cancelled job's first chunk carried the function; the kernel notes that the worker
+    holds it and sends later chunks of it without. The worker used to skip that chunk before
+    loading the function, then die with a KeyError on the next job's chunk."""
+    from nbpool._functions import dumps_fn
+    from nbpool._protocol import Cancel, ChunkDone, RunChunk
+    from nbpool._serialize import dumps_data, loads_data
+
+    with _bare_worker() as w:
+        fn = dumps_fn(abs)
+        data, oob = dumps_data([-3, -4])
+        w.ch.send(Cancel(0, 7))
+        w.ch.send(RunChunk(7, 1, 0, 2, "map", fn, fn.digest), [data, *oob])
+        msg, _ = w.ch.recv(timeout=30)
+        assert isinstance(msg, ChunkDone) and msg.skipped
+        w.ch.send(RunChunk(8, 1, 0, 2, "map", None, fn.digest), [data, *oob])
+        msg, buffers = w.ch.recv(timeout=30)
+        assert isinstance(msg, ChunkDone) and not msg.failures and not msg.skipped
+        assert loads_data(buffers[0], buffers[1:]) == [3, 4]
+
+
+def test_a_pool_works_when_its_file_descriptors_are_above_1024(capfd):
+    """A kernel with many files open: select() cannot watch an fd of 1024 or more, and the
+    dispatcher used to die on it (a worker's output pipes, its pidfd)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"this machine allows {hard} open files; the test needs 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with nbpool.Pool(1) as pool:
+            assert min(pool._engine._slots[0].out_fds) >= 1024
+            assert pool.apply(f.chatty, ("above", 1)) == "above"
+            assert pool.map(abs, [-1, -2]) == [1, 2]
+        assert "item above line 0" in capfd.readouterr().out
     finally:
-        w.kill()
-        w.reap()
-        os.close(lifeline_r)
-        os.close(lifeline_w)
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # ---------------------------------------------------------------- finished results hold nothing
@@ -206,6 +310,32 @@ def test_subprocesses_of_a_task_end_with_its_worker(tmp_path, how, own_session):
     finally:
         pool.terminate()
         for p in children:  # never leave a sleep behind, even when the test fails
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["task_timeout", "terminate"])
+def test_without_pidfd_a_workers_group_is_killed_before_it_is_reaped(tmp_path, monkeypatch, how):
+    """On a kernel without pidfd_open the worker's exit is awaited with waitid(WNOWAIT): its
+    group id stays ours until the group is killed (it used to be killed after the reap)."""
+    monkeypatch.delattr(os, "pidfd_open")
+    items = [(str(tmp_path / "child0"), False)]
+    pool = nbpool.Pool(1, task_timeout=1.0 if how == "task_timeout" else None)
+    children: list[int] = []
+    try:
+        assert all(w.pidfd is None for w in pool._engine._slots)
+        result = pool.map_async(f.spawn_sleep, items, 1)
+        children = _sleep_pids(tmp_path, 1)
+        if how == "task_timeout":
+            with pytest.raises(nbpool.TaskTimeoutError):
+                result.get(30)
+            assert pool.map(abs, [-1]) == [1]
+        else:
+            pool.terminate()
+        assert wait_gone(children) == []
+    finally:
+        pool.terminate()
+        for p in children:
             if alive(p):
                 os.kill(p, signal.SIGKILL)
 
@@ -288,6 +418,27 @@ def test_log_records_of_tasks_go_through_the_callers_logging():
         log.setLevel(logging.NOTSET)
 
 
+def test_a_log_record_with_an_object_the_caller_cannot_rebuild_arrives_as_its_repr(tmp_path):
+    """The record's `extra=` holds an object of a class only the worker can import: it used to
+    stop the pool's dispatcher (an unpickling error in the kernel)."""
+    log = logging.getLogger("nbpool.tests.task")
+    handler = _Collect()
+    log.addHandler(handler)
+    try:
+        with nbpool.Pool(1) as pool:
+            assert pool.apply(f.log_worker_only_object, (str(tmp_path),)) == 1
+            deadline = time.monotonic() + 10
+            while not handler.records and time.monotonic() < deadline:
+                time.sleep(0.02)
+            (record,) = handler.records
+            assert record.getMessage() == "with extras"
+            assert record.thing == "<Thing>"  # type: ignore[attr-defined]
+            assert record.ids == [1, 2] and record.pair == ("a", 1.5)  # type: ignore[attr-defined]
+            assert pool.map(abs, [-1, -2]) == [1, 2]  # the pool goes on
+    finally:
+        log.removeHandler(handler)
+
+
 def test_a_task_knows_it_runs_in_a_pool_worker():
     import multiprocessing
 
@@ -347,6 +498,22 @@ def test_a_memory_limit_below_idle_never_becomes_a_respawn_loop(monkeypatch):
         assert pool.map(f.sq, [3]) == [9]
 
 
+def test_an_interrupt_while_pool_checks_the_memory_limit_leaves_no_worker():
+    """Pool() waits for its first worker to check the limit: ■ there used to leave the
+    workers running with no pool to stop them."""
+    import psutil
+
+    me = psutil.Process()
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nbpool.Pool(2, initializer=f.nap, initargs=(5,), max_memory_per_worker="1GB")
+    finally:
+        timer.join()
+    assert wait_gone([c.pid for c in me.children()]) == []
+
+
 # ---------------------------------------------------------------- an imap iterator left early
 
 
@@ -365,3 +532,17 @@ def test_an_imap_iterator_left_early_cancels_its_job(tmp_path, how):
         time.sleep(2.0)  # the running items would have ended by now
         assert sorted(p.name for p in tmp_path.iterdir()) == ["done-0"]
         assert pool.map(f.sq, [2]) == [4]  # the pool goes on
+
+
+# ---------------------------------------------------------------- dill and modules next to us
+
+
+def test_dill_gives_a_module_function_the_same_globals_on_every_call():
+    """dill ships a function of a module next to the notebook by reference: the worker's own
+    module globals apply (here, what the initializer set). The function cache used to ship the
+    kernel's globals from the second call on, undoing the initializer."""
+    from nbpool._functions import dumps_fn
+
+    assert dumps_fn(f.read_state, "dill").globals == dumps_fn(f.read_state, "dill").globals == ()
+    with nbpool.Pool(1, initializer=f.init_state, initargs=(5,), serializer="dill") as pool:
+        assert [pool.apply(f.read_state) for _ in range(3)] == [5, 5, 5]
