@@ -10,12 +10,12 @@ PY310 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.10*/bin/python3.10))
 PY313 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3.13))
 PIP_FLAGS := -q --disable-pip-version-check
 
-.PHONY: test tour lab lint typecheck unit smoke bench clean browser-deps
+.PHONY: test tour lab lint typecheck unit engines smoke bench clean browser-deps
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) -U pip
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench,ray]'
 	touch $@
 
 lint: $(BIN)/.installed
@@ -27,6 +27,11 @@ typecheck: $(BIN)/.installed
 
 unit: $(BIN)/.installed browser-deps
 	$(BIN)/pytest
+
+# The engine parity suite on a real Ray head (started on 127.0.0.1 by the tests), and the
+# Ray engine's own tests: a pytest run of their own, so the core run never imports Ray.
+engines: $(BIN)/.installed
+	$(BIN)/pytest -p no:cacheprovider tests/parity tests/ray --engines=ray
 
 # The browser tests (tests/browser) drive Debian's Chromium through Playwright. We install the
 # distribution's package rather than `playwright install`, which downloads its own browser build.
@@ -51,7 +56,7 @@ smoke: .venv-310/.installed .venv-313/.installed
 	.venv-310/bin/pytest -m smoke -p no:cacheprovider -q tests/unit tests/integration
 	.venv-313/bin/pytest -m smoke -p no:cacheprovider -q tests/unit tests/integration
 
-test: lint typecheck unit smoke
+test: lint typecheck unit engines smoke
 
 tour: $(BIN)/.installed
 	$(BIN)/python tools/run_notebook.py notebooks/tour.ipynb

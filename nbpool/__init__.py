@@ -24,6 +24,7 @@ _WHERE = {
     "IMapUnorderedIterator": "._results",
     "MapResult": "._results",
     "BackendUnavailableError": "._errors",
+    "ClusterConnectionError": "._errors",
     "MemoryLimitError": "._errors",
     "NbpoolError": "._errors",
     "PoolClosedError": "._errors",
@@ -39,6 +40,7 @@ __all__ = [
     "ApplyResult",
     "AsyncResult",
     "BackendUnavailableError",
+    "ClusterConnectionError",
     "IMapIterator",
     "IMapUnorderedIterator",
     "MapResult",
@@ -58,6 +60,7 @@ __all__ = [
 if TYPE_CHECKING:
     from ._errors import (
         BackendUnavailableError,
+        ClusterConnectionError,
         MemoryLimitError,
         NbpoolError,
         PoolClosedError,

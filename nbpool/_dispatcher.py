@@ -59,7 +59,8 @@ from ._inbox import InboxMixin
 from ._jobs import Job
 from ._message import Message
 from ._output import LineBuffer, OutputTarget, Router, caller_log_levels
-from ._procs import Worker
+from ._procs import Worker as LocalWorker
+from ._procs import WorkerHandle as Worker
 from ._progress import ProgressMixin
 from ._protocol import (
     Hello,
@@ -119,8 +120,12 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         init_output: OutputTarget | None = None,
         lifeline: tuple[int, int] | None = None,
         started: Sequence[Worker] = (),
+        new_worker: Callable[[int], Worker] | None = None,
     ) -> None:
         self.nworkers = processes
+        # How a worker for a slot is started: a local process unless an engine says otherwise
+        # (``_ray``: an actor behind a bridge thread). Everything else here is the same.
+        self._new_worker = new_worker or (lambda slot: LocalWorker(slot, self._lifeline_r))
         self._initializer = initializer
         self._initargs = dumps_data(tuple(initargs)) if initializer is not None else None
         self._maxtasks = maxtasksperchild
@@ -221,7 +226,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         self.events.close()
 
     def worker_pids(self) -> list[int]:
-        return [w.pid for w in self._slots if w is not None and not w.dead]
+        return [w.pid for w in self._slots if w is not None and not w.dead and w.pid]
 
     def _command(self, cmd: Any) -> None:
         with self._wake_lock:
@@ -302,7 +307,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
     def _spawn(self, slot: int, w: Worker | None = None) -> None:
         """Start a worker for ``slot`` (or adopt one the Pool started early) and greet it."""
         if w is None:
-            w = Worker(slot, self._lifeline_r)
+            w = self._new_worker(slot)
         if self._maxtasks is not None:
             w.budget = self._maxtasks
         self._slots[slot] = w

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._events import EventThread
     from ._jobs import Chunk, Job
     from ._output import OutputTarget, Router
-    from ._procs import Worker
+    from ._procs import WorkerHandle as Worker
     from ._timers import Timers
 
 

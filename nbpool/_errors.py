@@ -10,7 +10,8 @@
      ├─ TaskTimeoutError(NbpoolError, builtins.TimeoutError)  the item ran past task_timeout
      ├─ TaskExitError(NbpoolError, RuntimeError)             the task raised SystemExit & co.
      ├─ SerializationError(NbpoolError, pickle.PicklingError)   names the object and what to do
-     └─ BackendUnavailableError(NbpoolError, ImportError)    names the extra to install
+     ├─ BackendUnavailableError(NbpoolError, ImportError)    names the extra to install
+     └─ ClusterConnectionError(NbpoolError, ConnectionError) a cluster cannot be reached or is lost
 
     RemoteTraceback(Exception)    set as ``__cause__`` of an exception re-raised from a worker
 
@@ -27,6 +28,7 @@ import pickle
 
 __all__ = [
     "BackendUnavailableError",
+    "ClusterConnectionError",
     "MemoryLimitError",
     "NbpoolError",
     "PoolClosedError",
@@ -52,7 +54,9 @@ class TimeoutError(NbpoolError, multiprocessing.TimeoutError):
 
 
 class WorkerLostError(NbpoolError, RuntimeError):
-    """The worker process running this item died (signal, ``os._exit``, out of memory)."""
+    """The worker process running this item died (signal, ``os._exit``, out of memory).
+
+    ``host`` is the cluster node it ran on ("" for this machine)."""
 
     def __init__(
         self,
@@ -62,22 +66,32 @@ class WorkerLostError(NbpoolError, RuntimeError):
         pid: int | None = None,
         exitcode: int | None = None,
         index: int | None = None,
+        host: str = "",
     ) -> None:
         super().__init__(message)
         self.worker_id = worker_id
         self.pid = pid
         self.exitcode = exitcode
         self.index = index
+        self.host = host
 
     def __reduce__(self):  # keep the keyword attributes across pickling
         return (
             _rebuild_worker_lost,
-            (type(self), self.args[0], self.worker_id, self.pid, self.exitcode, self.index),
+            (
+                type(self),
+                self.args[0],
+                self.worker_id,
+                self.pid,
+                self.exitcode,
+                self.index,
+                self.host,
+            ),
         )
 
 
-def _rebuild_worker_lost(cls, message, worker_id, pid, exitcode, index):
-    return cls(message, worker_id=worker_id, pid=pid, exitcode=exitcode, index=index)
+def _rebuild_worker_lost(cls, message, worker_id, pid, exitcode, index, host=""):
+    return cls(message, worker_id=worker_id, pid=pid, exitcode=exitcode, index=index, host=host)
 
 
 class MemoryLimitError(WorkerLostError, MemoryError):
@@ -122,6 +136,11 @@ class SerializationError(NbpoolError, pickle.PicklingError):
 
 class BackendUnavailableError(NbpoolError, ImportError):
     """An optional engine was asked for but its package is not installed."""
+
+
+class ClusterConnectionError(NbpoolError, ConnectionError):
+    """A cluster's address cannot be reached, its versions do not match ours, or it was lost
+    while a job ran. The message names the address."""
 
 
 class RemoteTraceback(Exception):

@@ -11,7 +11,7 @@ import time
 from ._engine_state import EngineState
 from ._errors import MemoryLimitError, TaskTimeoutError, WorkerLostError
 from ._jobs import Chunk
-from ._procs import Worker, describe_exit
+from ._procs import WorkerHandle as Worker
 from ._progress import format_arg
 from ._protocol import Cancel
 
@@ -72,8 +72,8 @@ class FaultsMixin(EngineState):
             if now >= deadline:
                 w.kill(
                     TaskTimeoutError(
-                        f"item {stage} ran longer than task_timeout={limit} s in worker "
-                        f"{w.wid} (pid {w.pid}); the worker was replaced and the job goes on",
+                        f"item {stage} ran longer than task_timeout={limit} s in {w.label}; "
+                        "the worker was replaced and the job goes on",
                         index=stage,
                     )
                 )
@@ -83,23 +83,20 @@ class FaultsMixin(EngineState):
             self._timers.call_later(timed[0].job.task_timeout, lambda: self._check_timeout(w))
 
     def _check_memory(self) -> None:
-        import psutil
-
         assert self._max_memory is not None
         soft, hard = self._max_memory, int(self._max_memory * HARD_MEMORY_FACTOR)
         for w in list(self._all):
             if w.dead or w.kill_reason is not None:
                 continue
-            try:
-                rss = psutil.Process(w.pid).memory_info().rss
-            except psutil.Error:
+            rss = w.rss()
+            if rss is None:
                 continue
             if rss > hard:
                 running = w.running()
                 index = running[1] if running else None
                 w.kill(
                     MemoryLimitError(
-                        f"worker {w.wid} (pid {w.pid}) used {rss / 2**20:.0f} MiB, over the hard "
+                        f"{w.label} used {rss / 2**20:.0f} MiB, over the hard "
                         f"limit of {hard / 2**20:.0f} MiB (1.5 x max_memory_per_worker), while "
                         f"running item {index}: it was killed and replaced",
                         worker_id=w.wid,
@@ -139,7 +136,7 @@ class FaultsMixin(EngineState):
         code = w.reap()
         if not w.retiring:
             why = w.kill_note or (
-                type(w.kill_reason).__name__ if w.kill_reason is not None else describe_exit(code)
+                type(w.kill_reason).__name__ if w.kill_reason is not None else w.describe_exit(code)
             )
             self._restarted_at[w.wid] = (time.monotonic(), f"replaced: {why}")
         if not w.ready and not w.retiring:
@@ -160,7 +157,7 @@ class FaultsMixin(EngineState):
         for chunk in chunks:
             self._maybe_finish(chunk.job)
 
-    def _lost(self, w: Worker, chunk: Chunk, stage: int, code: int) -> None:
+    def _lost(self, w: Worker, chunk: Chunk, stage: int, code: int | None) -> None:
         """The chunk its worker was on when it died: fail (or retry) the item that killed it."""
         job, start, items = chunk.job, chunk.start, chunk.items
         if job.cancelled or job.failed_fn:
@@ -191,13 +188,14 @@ class FaultsMixin(EngineState):
         if reason is None:
             tries = job.attempts.get(culprit, 0)
             reason = WorkerLostError(
-                f"worker {w.wid} (pid {w.pid}) died while running item {culprit} "
-                f"({_describe_item(job.kind, items[k])}): {describe_exit(code)}"
+                f"{w.label} died while running item {culprit} "
+                f"({_describe_item(job.kind, items[k])}): {w.describe_exit(code)}"
                 + (f", on each of {tries + 1} tries" if tries else "")
                 + ". The pool replaced the worker and goes on with the other items.",
                 worker_id=w.wid,
                 pid=w.pid,
                 exitcode=code,
+                host=w.host,
                 index=culprit,
             )
         job.deliver(culprit, [None], {culprit: reason}, w.wid)

@@ -12,7 +12,7 @@ from ._engine_state import EngineState
 from ._errors import RemoteTraceback, SerializationError
 from ._jobs import Chunk
 from ._output import PARTIAL_LINE_S, LineBuffer, OutputTarget, forward_log_record
-from ._procs import Worker
+from ._procs import WorkerHandle as Worker
 from ._protocol import (
     ChunkDone,
     ChunkLoadFailed,
@@ -64,7 +64,7 @@ class InboxMixin(EngineState):
                 msg.tb,
                 "Exception",
                 "initializer failed",
-                f"The initializer raised in worker {w.wid} (pid {w.pid}):",
+                f"The initializer raised in {w.label}:",
                 msg.lost,
             )
         return True
@@ -112,7 +112,7 @@ class InboxMixin(EngineState):
             self._retire(w)
 
     def _rebuild(self, w: Worker, f: ItemFailure) -> BaseException:
-        header = f"Worker {w.wid} (pid {w.pid}) raised while running item {f.index}:"
+        header = f"{w.label.capitalize()} raised while running item {f.index}:"
         return rebuild_exception(f.error, f.tb, f.type_name, f.message, header, f.lost)
 
     def _on_chunk_load_failed(self, chunk: Chunk, msg: ChunkLoadFailed) -> None:
@@ -144,7 +144,7 @@ class InboxMixin(EngineState):
             job.failed_fn = True
             last = msg.tb.strip().splitlines()[-1]
             err = SerializationError(
-                f"the {job.fn.name} could not be loaded in worker {w.wid} (pid {w.pid}): "
+                f"the {job.fn.name} could not be loaded in {w.label}: "
                 f"{last}. {load_failure_hint(last)}"
             )
             err.__cause__ = RemoteTraceback(msg.tb)
@@ -177,7 +177,7 @@ class InboxMixin(EngineState):
         target, job_id = self._output_target(w)
         events = buf.feed(data, target, job_id)
         if events:
-            self.router.write(w.wid, w.pid, w.out_fds[fd], events)
+            self.router.write(w.wid, w.tag, w.out_fds[fd], events)
         if buf.partial and not buf.redrawn and not waiting:
             # A line without its newline yet (a prompt, progress dots): written as a line of
             # its own if the rest does not come soon. (A redrawn line is on screen already.)
@@ -206,7 +206,7 @@ class InboxMixin(EngineState):
         got = buf.flush()
         if got is not None:
             text, target = got
-            self.router.write(w.wid, w.pid, w.out_fds.get(fd, "stdout"), [("line", text, target)])
+            self.router.write(w.wid, w.tag, w.out_fds.get(fd, "stdout"), [("line", text, target)])
 
     def _flush_partials(self, w: Worker, job_id: int | None, keep: bool = False) -> None:
         """End the unfinished lines of ``w`` that belong to job ``job_id`` (``keep``: to any job

@@ -131,9 +131,10 @@ class Router:
         # Per sink (stream object + cell): the worker whose redrawn line is open at its end.
         self._open: dict[tuple[int, Any], int] = {}
 
-    def write(self, wid: int, pid: int, stream: str, events: list[Any]) -> None:
-        """Write the events of one worker stream: one write per target."""
-        prefix = f"[w{wid} pid {pid}] "
+    def write(self, wid: int, tag: str, stream: str, events: list[Any]) -> None:
+        """Write the events of one worker stream: one write per target. ``tag``: how lines
+        name the worker (``w1 pid 4711``, ``w1 pid 4711 on 10.0.0.7``)."""
+        prefix = f"[{tag}] "
         texts: dict[Any, list[str]] = {}
         sinks: dict[Any, tuple[Any, Any]] = {}
         for kind, text, target in events:

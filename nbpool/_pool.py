@@ -13,6 +13,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 
+from ._backends import choose
 from ._functions import dumps_fn
 from ._options import (
     check_chunksize,
@@ -118,6 +119,24 @@ class Pool:
             calls that run longer than 0.5 s; nothing elsewhere. ``True``: always, from the
             start (a tqdm bar on stderr outside notebooks). ``False``: never. Every method
             also takes ``progress=`` to override it for one call.
+        ray_address: run the workers on a Ray cluster instead of this machine: ``"host:port"``
+            of a Ray head (this process joins the cluster as a driver), ``"ray://host:port"``
+            (Ray Client), ``"auto"`` (the head running on this machine) or ``"local"`` (a
+            private Ray instance). Each worker is an actor that takes one CPU; ``processes``
+            defaults to the cluster's free CPUs, and more than that is a ``ValueError``.
+            Without it, ``NBPOOL_ADDRESS`` and then ``RAY_ADDRESS`` in the environment do the
+            same, so a notebook moves to a cluster with no code change. Needs
+            ``pip install 'nbpool[ray]'``.
+        backend: ``"ray"`` runs on Ray even without an address (the connection ``ray.init``
+            made, else as above); ``"local"`` runs on this machine whatever the environment
+            says; ``None`` (default) decides from ``ray_address`` and the environment.
+
+    Example::
+
+        with Pool(4) as pool:                               # this machine's cores
+            squares = pool.map(lambda x: x * x, range(10))
+        with Pool(ray_address="10.0.0.5:6379") as pool:     # a Ray cluster, same code
+            squares = pool.map(lambda x: x * x, range(10))
     """
 
     def __init__(
@@ -133,15 +152,26 @@ class Pool:
         task_timeout: float | None = None,
         max_memory_per_worker: int | str | None = None,
         progress: bool | str = "auto",
+        ray_address: str | None = None,
+        backend: str | None = None,
     ) -> None:
         self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
         self._engine: Engine | None = None
-        if processes is None:
-            processes = os.cpu_count() or 1
-        if isinstance(processes, bool) or not isinstance(processes, int):
+        if processes is not None and (
+            isinstance(processes, bool) or not isinstance(processes, int)
+        ):
             raise TypeError(f"processes must be an int or None, not {processes!r}")
-        if processes < 1:
+        if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
+        self.backend, self.address = choose(backend, ray_address)
+        ray = None
+        if self.backend == "ray":
+            from . import _ray
+
+            ray = _ray.connect(self.address)
+            processes = _ray.check_processes(ray, processes, self.address)
+        elif processes is None:
+            processes = os.cpu_count() or 1
         if maxtasksperchild is not None and (
             isinstance(maxtasksperchild, bool)
             or not isinstance(maxtasksperchild, int)
@@ -183,8 +213,14 @@ class Pool:
         init_output = capture_target()  # the initializer's output goes to this cell
         lifeline = os.pipe()
         started: list[Worker] = []
+        new_worker = None
+        if ray is not None:
+            from ._ray import RayWorker
+
+            new_worker = functools.partial(RayWorker, ray=ray)
         try:
-            started.extend(Worker(i, lifeline[0]) for i in range(processes))
+            if new_worker is None:
+                started.extend(Worker(i, lifeline[0]) for i in range(processes))
             _import_the_rest()
             self._engine = Engine(
                 processes,
@@ -195,6 +231,7 @@ class Pool:
                 init_output=init_output,
                 lifeline=lifeline,
                 started=started,
+                new_worker=new_worker,
             )
         except BaseException:
             for w in started:  # don't leave early-started workers behind
@@ -206,7 +243,7 @@ class Pool:
         # Terminate the workers when the pool is garbage collected, as the stdlib does. The
         # finalizer holds the engine, never the pool, so it does not keep the pool alive.
         self._finalizer = weakref.finalize(self, self._engine.terminate)
-        if max_memory is not None:
+        if max_memory is not None and self.backend == "local":
             try:
                 self._check_idle_memory(max_memory, max_memory_per_worker)
             except BaseException:  # an interrupt during the wait too: no pool, no workers
@@ -304,7 +341,8 @@ class Pool:
 
     def __repr__(self) -> str:
         state = {_RUN: "running", _CLOSE: "closed", _TERMINATE: "terminated"}[self._state]
-        return f"<nbpool.Pool state={state} processes={self._processes}>"
+        where = "" if self.backend == "local" else f" ray={self.address or 'connected'}"
+        return f"<nbpool.Pool state={state} processes={self._processes}{where}>"
 
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")

@@ -51,11 +51,95 @@ def _shared_slot() -> tuple[int, mmap.mmap]:
     return fd, mmap.mmap(fd, SLOT_BYTES)
 
 
-class Worker:
-    """The dispatcher's handle on one worker process (touched by the dispatcher thread only)."""
+class WorkerHandle:
+    """What the dispatcher knows of one worker, whatever runs it (touched by the dispatcher
+    thread only). ``Worker`` below is a local process; ``_ray.RayWorker`` an actor. An engine's
+    transport gives the dispatcher the same four things either way: a ``Channel`` (``ch``) that
+    carries ``_protocol`` messages, output fds (``out_fds``), a 4-slot array saying which item
+    the worker is on (``slot``), and ``kill``/``reap``."""
+
+    pid = 0
+    host = ""  # "" for this machine
+    pidfd: int | None = None
+
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
+        self.ch: Channel
+        self.slot: Any
+        self.out_fds: dict[int, str] = {}
+        self.ready = False
+        self.chunks_done = 0
+        self.retiring = False
+        self.dead = False
+        self.kill_reason: BaseException | None = None  # set when we kill it on purpose
+        self.kill_note = ""  # why we killed it, for its dashboard row ("stopped by interrupt")
+        self.inflight: dict[tuple[int, int], Any] = {}  # (job, chunk) -> Chunk, in send order
+        self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self.globals: dict[tuple[str, str], bytes] = {}  # mirror of its _functions._APPLIED
+        self.budget: int | None = None  # items left before maxtasksperchild retires it
+        self.init_error: BaseException | None = None
+        self.last_output: Any = None  # _output.OutputTarget of the last job it finished
+        self.last_job: int | None = None
+        self.log_levels: Any = None  # the logger levels it last got (see _wlog)
+        self.line_bufs: dict[int, Any] = {}  # out fd -> _output.LineBuffer (dispatcher's)
+        # What the progress views last saw it on: (job id, item index), and since when.
+        self.seen_item: tuple[int, int] | None = None
+        self.seen_at = 0.0
+
+    @property
+    def where(self) -> str:
+        return f" on {self.host}" if self.host else ""
+
+    @property
+    def tag(self) -> str:
+        """How its output lines are prefixed: ``w1 pid 4711`` (``... on 10.0.0.7``)."""
+        return f"w{self.wid} pid {self.pid}{self.where}"
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``worker 1 (pid 4711)``, ``... on node-2`` for a cluster's."""
+        return f"worker {self.wid} (pid {self.pid}{self.where})"
+
+    def running(self) -> tuple[Any, int] | None:
+        """(chunk, slot stage/index) of the chunk the worker is on, from the shared slot."""
+        if not self.inflight:
+            return None
+        chunk = next(iter(self.inflight.values()))
+        if self.slot[0] == chunk.job.id and self.slot[1] == chunk.chunk_id:
+            return chunk, self.slot[2]
+        return chunk, STAGE_IDLE  # not started on it yet
+
+    def kill(self, reason: BaseException | None = None, note: str = "") -> None:
+        if reason is not None and self.kill_reason is None:
+            self.kill_reason = reason
+        if note and not self.kill_note:
+            self.kill_note = note
+        self._stop()
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def reap(self) -> int | None:
+        """Wait until it is gone and close what we hold; its exit status if it has one."""
+        raise NotImplementedError
+
+    def describe_exit(self, code: int | None) -> str:
+        return describe_exit(code)
+
+    def rss(self) -> int | None:
+        """Its resident memory in bytes (None: unknown)."""
+        raise NotImplementedError
+
+    def stats(self) -> tuple[float | None, int | None] | None:
+        """(CPU %, RSS) when the transport measures them itself; None: the views ask psutil."""
+        return None
+
+
+class Worker(WorkerHandle):
+    """A local worker process."""
 
     def __init__(self, wid: int, lifeline: int) -> None:
-        self.wid = wid
+        super().__init__(wid)
         ch, child_end = channel_pair()
         slot_fd, self._slot_map = _shared_slot()
         self.slot = memoryview(self._slot_map).cast("q")
@@ -86,46 +170,14 @@ class Worker:
                 os.close(fd)
         self.pid = self.proc.pid
         self._reap_lock = threading.Lock()
-        self.ch: Channel = ch
-        self.out_fds: dict[int, str] = {out_r: "stdout", err_r: "stderr"}
-        self.pidfd: int | None = None
+        self.ch = ch
+        self.out_fds = {out_r: "stdout", err_r: "stderr"}
         if hasattr(os, "pidfd_open"):
             with contextlib.suppress(OSError):
                 self.pidfd = os.pidfd_open(self.pid)
-        self.ready = False
-        self.chunks_done = 0
-        self.retiring = False
-        self.dead = False
-        self.kill_reason: BaseException | None = None  # set when we kill it on purpose
-        self.kill_note = ""  # why we killed it, for its dashboard row ("stopped by interrupt")
-        self.inflight: dict[tuple[int, int], Any] = {}  # (job, chunk) -> Chunk, in send order
-        self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self.globals: dict[tuple[str, str], bytes] = {}  # mirror of its _functions._APPLIED
-        self.budget: int | None = None  # items left before maxtasksperchild retires it
-        self.init_error: BaseException | None = None
-        self.last_output: Any = None  # _output.OutputTarget of the last job it finished
-        self.last_job: int | None = None
-        self.log_levels: Any = None  # the logger levels it last got (see _wlog)
-        self.line_bufs: dict[int, Any] = {}  # out fd -> _output.LineBuffer (dispatcher's)
-        # What the progress views last saw it on: (job id, item index), and since when.
-        self.seen_item: tuple[int, int] | None = None
-        self.seen_at = 0.0
 
-    def running(self) -> tuple[Any, int] | None:
-        """(chunk, slot stage/index) of the chunk the worker is on, from the shared slot."""
-        if not self.inflight:
-            return None
-        chunk = next(iter(self.inflight.values()))
-        if self.slot[0] == chunk.job.id and self.slot[1] == chunk.chunk_id:
-            return chunk, self.slot[2]
-        return chunk, STAGE_IDLE  # not started on it yet
-
-    def kill(self, reason: BaseException | None = None, note: str = "") -> None:
+    def _stop(self) -> None:
         """SIGKILL the worker, its process group and its descendants (see ``_proctree``)."""
-        if reason is not None and self.kill_reason is None:
-            self.kill_reason = reason
-        if note and not self.kill_note:
-            self.kill_note = note
         with self._reap_lock:  # (force_stop calls this from another thread than reap's)
             if self.proc.returncode is None:  # not reaped: its pid (and group id) are ours
                 kill_tree(self.pid)
@@ -175,6 +227,14 @@ class Worker:
         self.slot.release()
         self._slot_map.close()
         return code
+
+    def rss(self) -> int | None:
+        import psutil
+
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            return None
 
 
 def describe_exit(code: int | None) -> str:

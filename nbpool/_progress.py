@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._jobs import Job
-    from ._procs import Worker
+    from ._procs import WorkerHandle as Worker
 
 TICK_S = 0.1  # at most ~10 view updates a second, whatever the item rate
 AUTO_AFTER_S = 0.5
@@ -371,6 +371,11 @@ class ProgressMixin(EngineState):
             row["note"] = self._restarted_at.get(wid, (0.0, ""))[1]
             return row
         row["pid"] = w.pid
+        row["host"] = w.host
+        stats = w.stats()
+        if stats is not None:
+            row["cpu"], row["rss"] = stats
+            row["_measured"] = True
         when, why = self._restarted_at.get(wid, (-1e9, ""))
         if now - when < RESTART_SHOWN_S:
             row.update(state="restarting", note=why)

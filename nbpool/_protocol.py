@@ -99,6 +99,7 @@ class Shutdown(Message):
 class Ready(Message):
     worker_id: int
     pid: int
+    host: str = ""  # a cluster node's name; "" for this machine
 
 
 class LogRecord(Message):

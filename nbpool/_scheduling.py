@@ -11,7 +11,7 @@ from ._engine_state import EngineState
 from ._errors import SerializationError
 from ._functions import FnPayload
 from ._jobs import Chunk, Job
-from ._procs import Worker
+from ._procs import WorkerHandle as Worker
 from ._protocol import FN_CACHE_SIZE, TRACK_INDEX, TRACK_NONE, TRACK_TIME, RunChunk
 from ._serialize import dumps_data, short_repr
 

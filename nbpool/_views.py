@@ -146,6 +146,8 @@ class ViewThread:
         pids = set()
         for row in snap["workers"]:
             row["arg"] = self._arg_text(p, row)
+            if row.pop("_measured", False):  # a cluster's worker: its engine measured it
+                continue
             if row["pid"] is not None and row["state"] not in ("dead", "interrupted"):
                 pids.add(row["pid"])
                 row["cpu"], row["rss"] = self._stats.get(row["pid"])

@@ -234,7 +234,10 @@ def render_text(snap: dict[str, Any]) -> str:
         lines.append(snap["note"])
     for r in snap["workers"]:
         pid = r["pid"] if r["pid"] is not None else "-"
-        line = f"  w{r['id']:<3} pid {pid:<8} {r['state']:<12} {r['done']:>7,} done  {_item(r)}"
+        host = f" on {r['host']}" if r.get("host") else ""
+        line = (
+            f"  w{r['id']:<3} pid {pid:<8}{host} {r['state']:<12} {r['done']:>7,} done  {_item(r)}"
+        )
         lines.append(line.rstrip())
     return "\n".join(lines)
 
@@ -270,7 +273,8 @@ def render_html(snap: dict[str, Any]) -> str:
         rows.append(
             "<tr>"
             f"<td style='{cell}'>w{r['id']}</td>"
-            f"<td style='{cell}'>{'' if r['pid'] is None else r['pid']}</td>"
+            f"<td style='{cell}'>{'' if r['pid'] is None else r['pid']}"
+            f"{' on ' + e(r['host']) if r.get('host') else ''}</td>"
             f"<td style='{cell};color:{c}'>● {e(r['state'])}</td>"
             f"<td style='{cell};font-family:monospace'>{e(_item(r))}</td>"
             f"<td style='{cell};text-align:right'>{r['done']:,}</td>"

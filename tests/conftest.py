@@ -14,11 +14,79 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+# Processes of a test cluster (a Ray head and what it starts): they come and go on their own
+# (Ray keeps idle workers), so they are not leftovers of a test. Whether a pool left an actor
+# behind is checked by the cluster tests themselves.
+CLUSTER_PIDS: list[object] = []  # objects with .descendants() -> set[int]
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--engines",
+        default="local",
+        help="engines the parity tests run on, comma-separated: local, ray (default: local). "
+        "tests/ray runs only when ray is among them.",
+    )
+
+
+def _engines(config) -> list[str]:
+    return [e.strip() for e in config.getoption("--engines").split(",") if e.strip()]
+
+
+def pytest_ignore_collect(collection_path, config):
+    # The core run never imports Ray: its own tests are collected only when asked for.
+    if collection_path.name == "ray" and collection_path.parent.name == "tests":
+        return "ray" not in _engines(config)
+    return None
+
+
+def pytest_generate_tests(metafunc):
+    if "engine" in metafunc.fixturenames:
+        metafunc.parametrize("engine", _engines(metafunc.config), indirect=True)
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A real Ray head on 127.0.0.1 (2 CPUs) and this process connected to it as a driver."""
+    from ray_head import start_ray_head, stop_ray_head
+
+    head = start_ray_head(num_cpus=2)
+    CLUSTER_PIDS.append(head)
+    try:
+        import ray
+
+        ray.init(address=head.address, log_to_driver=False, configure_logging=False)
+        yield head
+    finally:
+        try:
+            import ray
+
+            ray.shutdown()
+        finally:
+            stop_ray_head(head)
+            CLUSTER_PIDS.remove(head)
+
+
+@pytest.fixture
+def engine(request):
+    """Keyword arguments that put a Pool on the engine under test."""
+    if request.param == "ray":
+        head = request.getfixturevalue("ray_head")
+        return {"ray_address": head.address}
+    return {}
+
+
 def _children() -> set[int]:
     """Child processes, minus the stdlib's own long-lived helper (started by the parity tests'
-    spawn pools on first use and kept for the life of the test process, by design)."""
+    spawn pools on first use and kept for the life of the test process, by design) and a test
+    cluster's processes."""
     pids = set()
+    cluster: set[int] = set()
+    for c in CLUSTER_PIDS:
+        cluster |= c.descendants()  # type: ignore[attr-defined]
     for p in psutil.Process().children(recursive=True):
+        if p.pid in cluster:
+            continue
         try:
             if "resource_tracker" in " ".join(p.cmdline()):
                 continue
@@ -31,6 +99,9 @@ def _children() -> set[int]:
 @pytest.fixture(autouse=True)
 def no_leftovers(request):
     """Fail a test that leaves a child process or a thread behind (after a short grace)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("engine") == "ray":
+        request.getfixturevalue("ray_head")  # before the snapshot: Ray's threads are its own
     threads_before = set(threading.enumerate())
     children_before = _children()
     yield

@@ -13,6 +13,7 @@ EXPECTED = {
     "ApplyResult",
     "AsyncResult",
     "BackendUnavailableError",
+    "ClusterConnectionError",
     "IMapIterator",
     "IMapUnorderedIterator",
     "MapResult",
@@ -50,6 +51,19 @@ def test_import_is_light():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_local_engine_never_imports_a_cluster_engine():
+    code = (
+        "import sys, nbpool\n"
+        "with nbpool.Pool(2) as pool:\n"
+        "    assert pool.map(abs, [-1]) == [1]\n"
+        "cluster = ['ray', 'dask', 'distributed', 'nbpool._ray']\n"
+        "print(sorted(m for m in cluster if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_error_tree():
     import multiprocessing
     import pickle
@@ -59,11 +73,12 @@ def test_error_tree():
     assert issubclass(nbpool.WorkerLostError, RuntimeError)
     assert issubclass(nbpool.SerializationError, pickle.PicklingError)
     assert issubclass(nbpool.BackendUnavailableError, ImportError)
+    assert issubclass(nbpool.ClusterConnectionError, ConnectionError)
     for cls in (nbpool.PoolClosedError, nbpool.WorkerLostError, nbpool.SerializationError):
         assert issubclass(cls, nbpool.NbpoolError)
-    err = nbpool.WorkerLostError("x", worker_id=1, pid=2, exitcode=-9, index=4)
+    err = nbpool.WorkerLostError("x", worker_id=1, pid=2, exitcode=-9, index=4, host="n2")
     back = pickle.loads(pickle.dumps(err))
-    assert (back.worker_id, back.pid, back.exitcode, back.index) == (1, 2, -9, 4)
+    assert (back.worker_id, back.pid, back.exitcode, back.index, back.host) == (1, 2, -9, 4, "n2")
 
 
 @pytest.mark.smoke

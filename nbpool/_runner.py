@@ -1,0 +1,221 @@
+"""The worker side that every engine shares: greet, load functions, run chunks, report.
+
+A local worker process (``_worker``) and a Ray actor (``_ray``) both hold one ``Runner`` and
+hand it the messages of ``_protocol``; it answers with messages. What differs between them is
+only how messages arrive and leave (a socket, actor calls) and how output and the item slot
+reach the caller (pipes and shared memory, or polled by the driver). Because this code is the
+same, so are the semantics: functions shipped by value into a per-worker namespace
+(``_functions``), the initializer, exceptions shipped back as data with their remote traceback
+(``_remote_errors``), per-item tracking in the slot, a cancelled job's chunks skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import OrderedDict
+
+from ._functions import load_fn
+from ._protocol import (
+    FN_CACHE_SIZE,
+    STAGE_IDLE,
+    STAGE_LOADING,
+    STAGE_PICKLING,
+    STAGE_RUNNING,
+    TRACK_INDEX,
+    TRACK_NONE,
+    ChunkDone,
+    ChunkLoadFailed,
+    FnLoadFailed,
+    Hello,
+    InitFailed,
+    ItemFailure,
+    LogRecord,
+    Ready,
+    RunChunk,
+)
+from ._remote_errors import pack_exception
+from ._serialize import dumps_data, loads_data, short_repr
+from ._whooks import set_identity
+from ._wlog import apply_levels as apply_log_levels
+from ._wlog import install_hook as install_log_hook
+
+TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+__all__ = ["Runner", "flush_std"]
+
+
+def _failure(index: int, exc: BaseException) -> ItemFailure:
+    data, text, lost = pack_exception(exc, __name__)
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not hide the failure
+        message = short_repr(exc, 200)
+    if len(message) > 200:
+        message = message[:197] + "..."
+    return ItemFailure(index, data, text, type(exc).__qualname__, message, lost)
+
+
+def _run_items(
+    fn: Any, kind: str, items: Any, start: int, slot: Any, track: int
+) -> tuple[list, list[ItemFailure]]:
+    results: list[Any] = []
+    failures: list[ItemFailure] = []
+    append = results.append
+    it = iter(items)
+    now = time.monotonic_ns
+    # The tight inner loops run until an item raises; the failing item is len(results), and the
+    # same iterator then resumes with the next item. Much cheaper than a try block per item.
+    # slot[2] = index (and slot[3] = start time) costs ~60 ns an item, so the kernel asks for
+    # it only where items are slow enough for that not to matter (RunChunk.track).
+    while True:
+        i = start + len(results)
+        try:
+            if track == TRACK_NONE:
+                slot[2] = STAGE_RUNNING
+                if kind == "map":
+                    for x in it:
+                        append(fn(x))
+                elif kind == "star":
+                    for x in it:
+                        append(fn(*x))
+                else:
+                    for args, kwds in it:
+                        append(fn(*args, **kwds))
+            else:
+                timed = track != TRACK_INDEX
+                for j, x in enumerate(it, i):
+                    if timed:
+                        slot[3] = now()
+                    slot[2] = j
+                    if kind == "map":
+                        append(fn(x))
+                    elif kind == "star":
+                        append(fn(*x))
+                    else:
+                        append(fn(*x[0], **x[1]))
+            break
+        except BaseException as exc:
+            failures.append(_failure(start + len(results), exc))
+            append(None)
+    return results, failures
+
+
+def _pack_results(results: list, failures: list[ItemFailure], start: int) -> tuple[Any, list]:
+    try:
+        data, buffers = dumps_data(results, to_caller=True)
+        return data, buffers
+    except Exception:
+        pass
+    # Slow path: find the results that cannot be pickled, fail just those, ship the rest.
+    from ._errors import SerializationError
+
+    for i, r in enumerate(results):
+        try:
+            dumps_data(r, to_caller=True)
+        except Exception as exc:
+            err = SerializationError(
+                f"the result of item {start + i} is a {type(r).__name__} that cannot be pickled "
+                f"({exc}); return plain data (numbers, strings, lists, dicts, arrays) instead"
+            )
+            failures.append(_failure(start + i, err))
+            results[i] = None
+    data, buffers = dumps_data(results, to_caller=True)
+    return data, buffers
+
+
+def flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a task may have replaced or closed them
+            pass
+
+
+class Runner:
+    """One worker's state: its id, the functions it holds, the jobs cancelled under it.
+
+    ``slot`` is where it writes which item it is on: ``[job, chunk, stage or index, start ns]``
+    (shared memory in a local worker, a plain array that the driver polls in an actor).
+    ``send_log`` ships a ``LogRecord`` from whichever thread logged it.
+    """
+
+    def __init__(self, slot: Any, send_log: Callable[[LogRecord], None]) -> None:
+        self.slot = slot
+        self.wid = -1
+        self.fns: OrderedDict[bytes, Any] = OrderedDict()
+        self.cancelled: set[int] = set()
+        self._send_log = send_log
+
+    def hello(
+        self, hello: Hello, buffers: list[Any], pid: int, parent: int, lifeline: int, host: str = ""
+    ) -> InitFailed | Ready:
+        """Set up from the first message; run the initializer. ``InitFailed``: exit after it."""
+        wid = self.wid = hello.worker_id
+        set_identity(wid, parent, lifeline)
+        install_log_hook(lambda record: self._send_log(LogRecord(wid, record)))
+        apply_log_levels(hello.log_levels)
+        if hello.sys_path:
+            own_path = sys.path[0]
+            sys.path[:] = list(hello.sys_path) + (
+                [own_path] if own_path not in hello.sys_path else []
+            )
+        if hello.initializer is not None:
+            try:
+                init = load_fn(hello.initializer)
+                initargs = loads_data(buffers[0], buffers[1:])
+                init(*initargs)
+            except BaseException as exc:
+                data, text, lost = pack_exception(exc, __name__)
+                flush_std()
+                return InitFailed(wid, data, text, lost)
+        flush_std()  # what the initializer printed is out before Ready (see _inbox)
+        return Ready(wid, pid, host)
+
+    def run_chunk(self, msg: RunChunk, buffers: list[Any]) -> tuple[Any, list[Any]]:
+        """The reply to a ``RunChunk`` and its buffers (the pickled results)."""
+        wid, slot, fns = self.wid, self.slot, self.fns
+        # The function and the log levels are applied even for a cancelled job's chunk: the
+        # kernel keeps a mirror of what this worker holds (_scheduling.fn_for) and will not send
+        # them again.
+        slot[0], slot[1], slot[2] = msg.job_id, msg.chunk_id, STAGE_LOADING
+        if msg.log_levels is not None:
+            apply_log_levels(msg.log_levels)
+        if msg.fn is not None:
+            try:
+                fns[msg.fn_digest] = load_fn(msg.fn)
+            except BaseException as exc:
+                fns.pop(msg.fn_digest, None)
+                slot[2] = STAGE_IDLE
+                tb = pack_exception(exc, __name__)[1]
+                return FnLoadFailed(wid, msg.job_id, msg.chunk_id, tb), []
+            if len(fns) > FN_CACHE_SIZE:
+                fns.popitem(last=False)
+        fn = fns.get(msg.fn_digest)
+        if fn is None:  # its load failed earlier; the kernel fails the job on our word
+            slot[2] = STAGE_IDLE
+            return FnLoadFailed(wid, msg.job_id, msg.chunk_id, "function not loaded"), []
+        fns.move_to_end(msg.fn_digest)
+        if msg.job_id in self.cancelled:
+            slot[2] = STAGE_IDLE
+            return ChunkDone(wid, msg.job_id, msg.chunk_id, 0.0, skipped=True), []
+        t0 = time.perf_counter()
+        try:
+            items = loads_data(buffers[0], buffers[1:])
+        except BaseException as exc:
+            slot[2] = STAGE_IDLE
+            tb = pack_exception(exc, __name__)[1]
+            return ChunkLoadFailed(wid, msg.job_id, msg.chunk_id, tb), []
+        del buffers[:]
+        results, failures = _run_items(fn, msg.kind, items, msg.start, slot, msg.track)
+        del items
+        slot[2] = STAGE_PICKLING
+        data, out = _pack_results(results, failures, msg.start)
+        del results
+        elapsed = time.perf_counter() - t0
+        flush_std()  # a partial line too: the kernel reads the output when ChunkDone comes
+        # (slot[2] stays STAGE_PICKLING until the transport has sent the results)
+        return ChunkDone(wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures)), [data, *out]

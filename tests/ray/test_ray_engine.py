@@ -1,0 +1,131 @@
+"""What only the Ray engine has: connecting, placing workers, leaving nothing on the cluster.
+
+Runs against the session's Ray head on 127.0.0.1 (``ray_head`` in tests/conftest.py), in the
+Ray run only (``--engines=ray``).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import nbfuncs as f
+import psutil
+import pytest
+from conftest import clean_env
+
+import nbpool
+
+
+def _alive_actors() -> int:
+    from ray._private import state
+
+    return sum(1 for a in state.actors().values() if a["State"] != "DEAD")
+
+
+def _actor_processes() -> list[int]:
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        if "ray::NbpoolWorker" in " ".join(p.info["cmdline"] or []):
+            pids.append(p.pid)
+    return pids
+
+
+def _wait_for(check, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+@pytest.mark.parametrize("how", ["terminate", "close-join", "with"])
+def test_no_actor_is_left_on_the_cluster(ray_head, how):
+    pool = nbpool.Pool(2, ray_address=ray_head.address)
+    assert pool.map(f.sq, range(10)) == [x * x for x in range(10)]
+    assert _alive_actors() == 2
+    if how == "terminate":
+        pool.terminate()
+    elif how == "close-join":
+        pool.close()
+        pool.join()
+    else:
+        with pool:
+            pass
+    assert _wait_for(lambda: _alive_actors() == 0)
+    assert _wait_for(lambda: _actor_processes() == [])
+
+
+def test_more_workers_than_the_cluster_has_cpus_is_refused(ray_head):
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=r"has 2 CPUs") as info:
+        nbpool.Pool(3, ray_address=ray_head.address)
+    assert "processes=3" in str(info.value)
+    assert time.monotonic() - t0 < 10
+    with nbpool.Pool(ray_address=ray_head.address) as pool:  # the default: its free CPUs
+        assert pool._processes == 2
+
+
+def test_backend_ray_uses_the_connection_ray_init_made(ray_head):
+    with nbpool.Pool(backend="ray") as pool:
+        assert pool.backend == "ray"
+        assert pool.apply(f.sq, (7,)) == 49
+        assert _wait_for(lambda: len(pool._engine.worker_pids()) == 2)  # both actors ready
+        rows = pool._engine._snapshot(None, time.monotonic(), "running", _view())["workers"]
+        assert {r["host"] for r in rows} == {"127.0.0.1"}
+
+
+def test_another_address_than_the_current_connection_is_refused(ray_head):
+    with pytest.raises(nbpool.ClusterConnectionError, match="already connected"):
+        nbpool.Pool(ray_address="127.0.0.1:1")
+
+
+def _view():
+    from nbpool._progress import JobProgress
+
+    return JobProgress(True, "text", None, "pool")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SCRIPT = """
+import os, time, nbpool, nbfuncs
+t0 = time.monotonic()
+try:
+    pool = nbpool.Pool()
+except Exception as e:
+    print(type(e).__name__, "|", e, "|", round(time.monotonic() - t0, 1))
+    raise SystemExit(0)
+print(pool.backend, pool.address, pool.map(nbfuncs.sq, [1, 2, 3]), pool._processes)
+pool.terminate()
+"""
+
+
+@pytest.mark.parametrize("variable", ["RAY_ADDRESS", "NBPOOL_ADDRESS"])
+def test_the_environment_switches_a_notebook_to_the_cluster(ray_head, variable):
+    env = clean_env(**{variable: ray_head.address})
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == f"ray {ray_head.address} [1, 4, 9] 2"
+
+
+def test_an_unreachable_address_fails_fast_naming_it(ray_head):
+    address = f"127.0.0.1:{_free_port()}"
+    env = clean_env(RAY_ADDRESS=address)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    kind, message, seconds = out.stdout.strip().split(" | ")
+    assert kind == "ClusterConnectionError"
+    assert address in message
+    assert float(seconds) < 10

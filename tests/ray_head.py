@@ -1,0 +1,116 @@
+"""A real Ray head on 127.0.0.1 for the tests (see ../shared/recipes/cluster.md).
+
+Loopback only (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps every listener there), token auth,
+its own short temp folder, stopped by its PID (never ``ray stop``, which stops every Ray
+process on the machine). The variables are set in this process too, before Ray is imported:
+the driver needs the token, and must not auto-connect elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+START_TIMEOUT_S = 90
+
+
+@dataclass
+class RayHead:
+    address: str  # "127.0.0.1:PORT"
+    pid: int
+    tmp: str
+    log: str
+    proc: subprocess.Popen
+
+    def descendants(self) -> set[int]:
+        import psutil
+
+        try:
+            return {p.pid for p in psutil.Process(self.pid).children(recursive=True)} | {self.pid}
+        except psutil.Error:
+            return set()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_env(tmp: str) -> dict[str, str]:
+    return {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(16),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_AUTO_CONNECT": "0",
+        "RAY_TMPDIR": tmp,
+    }
+
+
+def start_ray_head(num_cpus: int = 2) -> RayHead:
+    tmp = tempfile.mkdtemp(prefix="nbrt", dir="/tmp")  # short: Ray's socket paths are long
+    env = ray_env(tmp)
+    os.environ.update(env)  # this process is the driver
+    os.environ.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    log = os.path.join(tmp, "head.log")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                ray_bin, "start", "--head", "--block", f"--port={port}",
+                "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+                "--include-dashboard=false", "--object-store-memory=100000000",
+                f"--temp-dir={tmp}", "--disable-usage-stats",
+            ],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    head = RayHead(f"127.0.0.1:{port}", proc.pid, tmp, log, proc)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with open(log, "rb") as fh:
+            if b"block forever" in fh.read():
+                return head
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    stop_ray_head(head)
+    with open(log, "rb") as fh:
+        raise RuntimeError(f"the Ray head did not start:\n{fh.read().decode()[-3000:]}")
+
+
+def stop_ray_head(head: RayHead) -> None:
+    """SIGTERM the head's one PID, wait, then kill its whole session (and what is left)."""
+    import psutil
+
+    rest = head.descendants()
+    try:
+        head.proc.send_signal(signal.SIGTERM)
+        head.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    for pid in rest:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    if head.proc.poll() is None:
+        head.proc.wait(10)
+    shutil.rmtree(head.tmp, ignore_errors=True)
