@@ -10,7 +10,7 @@ PY310 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.10*/bin/python3.10))
 PY313 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3.13))
 PIP_FLAGS := -q --disable-pip-version-check
 
-.PHONY: test tour lab lint typecheck unit engines smoke bench clean browser-deps
+.PHONY: test tour lab lint typecheck unit engines smoke bench bench-cluster clean browser-deps
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ lab: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/dashboard.py
+
+# nbpool against Ray's own Pool on a Ray head it starts on 127.0.0.1.
+bench-cluster: $(BIN)/.installed
+	$(BIN)/python benchmarks/cluster.py
 
 clean:
 	rm -rf $(VENV) .venv-310 .venv-313 .pytest_cache .mypy_cache .ruff_cache

@@ -83,7 +83,7 @@ if TYPE_CHECKING:
 
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext nbpool``: registers ``%%pmap`` and ``%pool`` (IPython is imported only now)."""
-    from ._magic import load_ipython_extension as load
+    from ._notebook.magic import load_ipython_extension as load
 
     load(ipython)
 

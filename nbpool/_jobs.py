@@ -21,8 +21,8 @@ import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 
-from ._functions import FnPayload
-from ._protocol import TRACK_INDEX
+from ._worker.functions import FnPayload
+from ._worker.protocol import TRACK_INDEX
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -109,11 +109,11 @@ class Job:
         self.task_timeout: float | None = None
         self.attempts: dict[int, int] = {}  # item index -> re-runs after its worker died
         self.last_bytes = 0  # pickled size of the last chunk sent
-        self.output: Any = None  # _output.OutputTarget: where its workers' output goes
+        self.output: Any = None  # _driver.output.OutputTarget: where its workers' output goes
         self.cell: Any = None  # (kernel, parent header) of the submitting notebook cell
-        self.log_levels: tuple[tuple[str, int], ...] = ()  # the caller's (see _wlog)
-        # Progress (see _progress): items delivered, failed, and finished per worker slot.
-        self.progress: Any = None  # a _progress.JobProgress when progress is wanted
+        self.log_levels: tuple[tuple[str, int], ...] = ()  # the caller's (see _worker.wlog)
+        # Progress (see _driver.progress): items delivered, failed, and finished per worker slot.
+        self.progress: Any = None  # a _driver.progress.JobProgress when progress is wanted
         self.delivered = 0
         self.failed = 0
         self.by_worker: dict[int, int] = {}
@@ -216,7 +216,7 @@ class Chunk:
         self, job: Job, chunk_id: int, start: int, items: Any, track: int = TRACK_INDEX
     ) -> None:
         self.job, self.chunk_id, self.start, self.items = job, chunk_id, start, items
-        self.track = track  # _protocol.TRACK_*: what the worker writes in its slot
+        self.track = track  # _worker.protocol.TRACK_*: what the worker writes in its slot
 
     @property
     def count(self) -> int:

@@ -19,7 +19,7 @@ def check_chunksize(chunksize: int | None) -> None:
 
 def check_initargs_pickle(initargs: tuple[Any, ...]) -> None:
     """Pre-flight: every initarg must pickle, or the pool fails here, naming it."""
-    from ._serialize import dumps_data, short_repr
+    from ._worker.serialize import dumps_data, short_repr
 
     for i, arg in enumerate(initargs):
         try:

@@ -1,7 +1,7 @@
 """``nbpool.Pool``: the ``multiprocessing.Pool`` API over nbpool's engine.
 
 This module checks arguments, keeps the pool's state (running, closed, terminated) and builds
-jobs; it starts no thread and touches no pipe (that is ``_dispatcher``'s job).
+jobs; it starts no thread and touches no pipe (that is ``_driver.dispatcher``'s job).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 
 from ._backends import choose
-from ._functions import dumps_fn
+from ._driver.output import caller_log_levels, capture_target, notebook_target
+from ._engines.local import Worker
 from ._options import (
     check_chunksize,
     check_initargs_pickle,
@@ -23,8 +24,6 @@ from ._options import (
     parse_bytes,
     start_method,
 )
-from ._output import caller_log_levels, capture_target, notebook_target
-from ._procs import Worker
 from ._progress import (
     FINAL_RENDER_WAIT_S,
     JobProgress,
@@ -33,12 +32,13 @@ from ._progress import (
     describe_call,
     wants_view,
 )
+from ._worker.functions import dumps_fn
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._dispatcher import Engine
+    from ._driver.dispatcher import Engine
     from ._errors import PoolClosedError
     from ._jobs import IteratorSource, Job, SequenceSource
     from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
@@ -52,7 +52,7 @@ def _import_the_rest() -> None:
     """
     global Engine, PoolClosedError, IteratorSource, Job, SequenceSource
     global ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
-    from ._dispatcher import Engine
+    from ._driver.dispatcher import Engine
     from ._errors import PoolClosedError
     from ._jobs import IteratorSource, Job, SequenceSource
     from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
@@ -166,7 +166,7 @@ class Pool:
         self.backend, self.address = choose(backend, ray_address)
         ray = None
         if self.backend == "ray":
-            from . import _ray
+            from ._engines import ray as _ray
 
             ray = _ray.connect(self.address)
             processes = _ray.check_processes(ray, processes, self.address)
@@ -215,7 +215,7 @@ class Pool:
         started: list[Worker] = []
         new_worker = None
         if ray is not None:
-            from ._ray import RayWorker
+            from ._engines.ray import RayWorker
 
             new_worker = functools.partial(RayWorker, ray=ray)
         try:
@@ -359,7 +359,7 @@ class Pool:
         payload = dumps_fn(fn, self._serializer)  # pre-flight: fails here, in the caller
         job = Job(next(_job_ids), payload, kind, source, sink, chunksize)
         job.retries, job.task_timeout = self._retries, self._task_timeout
-        job.output = capture_target()  # the caller's streams and cell, now (see _output)
+        job.output = capture_target()  # the caller's streams and cell, now (see _driver.output)
         job.cell = job.output.cell
         job.log_levels = caller_log_levels()
         view = wants_view(mode, job.cell is not None)

@@ -104,7 +104,7 @@ class ApplyResult:
         self._cell: Any = None
         self._wakers: list[Callable[[], None]] = []  # callback threads waiting on us
         self._conclude: Callable[[], None] | None = None  # end its dashboard (see Pool._wait)
-        self._progress: Any = None  # its job's _progress.JobProgress, if it has a view
+        self._progress: Any = None  # its job's _driver.progress.JobProgress, if it has a view
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -227,7 +227,7 @@ class IMapIterator:
         self._length: int | None = None
         self._aborted: BaseException | None = None
         self._canceller: Callable[[], None] | None = None
-        self._progress: Any = None  # its job's _progress.JobProgress, if it has a view
+        self._progress: Any = None  # its job's _driver.progress.JobProgress, if it has a view
 
     def __iter__(self) -> IMapIterator:
         return self

@@ -1,8 +1,8 @@
 """Write the notebooks of notebooks/ (generated, never edited by hand).
 
 Usage: ``.venv/bin/python tools/make_tour.py`` after changing a cell below. It writes the tour
-(``tour.ipynb``) and one notebook per feature (``dashboard.ipynb``, ``magics.ipynb``,
-``output.ipynb``). Each code
+(``tour.ipynb``) and one notebook per feature (``clusters.ipynb``, ``dashboard.ipynb``,
+``magics.ipynb``, ``output.ipynb``). Each code
 cell has a stable id, which tests/notebooks/test_notebooks.py uses to find the outputs it checks.
 """
 
@@ -568,8 +568,93 @@ pending.wait(30)""",
     ("code", "close", "pool.close()\npool.join()"),
 ]
 
+CLUSTER_CELLS = [
+    (
+        "md",
+        "intro",
+        """\
+# The same Pool on a Ray cluster
+
+`Pool()` runs on this machine, unless the environment says otherwise: with
+`NBPOOL_ADDRESS` or `RAY_ADDRESS` set to a Ray head's address (`10.0.0.5:6379`), the very same
+cells run their workers as Ray actors on that cluster. Nothing in the code changes. To pick the
+cluster in code instead, write `Pool(ray_address="10.0.0.5:6379")` (see docs/clusters.md).
+
+The tests run this notebook twice: as it is (on this machine), and with `NBPOOL_ADDRESS` set to
+a Ray head they start on 127.0.0.1.""",
+    ),
+    (
+        "code",
+        "pool",
+        """\
+import os, time
+from nbpool import Pool
+
+pool = Pool(2)
+print("backend:", pool.backend)
+pool""",
+    ),
+    (
+        "md",
+        "code-md",
+        "Functions defined here travel by value, to processes or actors alike:",
+    ),
+    (
+        "code",
+        "map",
+        """\
+RATE = 3
+
+def price(qty):
+    return qty * RATE
+
+pool.map(price, range(8))""",
+    ),
+    (
+        "md",
+        "where-md",
+        "Each worker says where it runs (on a cluster, the host is the node's address):",
+    ),
+    (
+        "code",
+        "where",
+        """\
+def where(_):
+    time.sleep(0.2)
+    print("working")
+    return os.getpid()
+
+sorted(set(pool.map(where, range(4), chunksize=1)))""",
+    ),
+    (
+        "md",
+        "errors-md",
+        "Errors keep their type and the worker's traceback, headed by worker, host and item:",
+    ),
+    (
+        "code",
+        "errors",
+        """\
+class OutOfStock(Exception):
+    pass
+
+def order(qty):
+    if qty > 5:
+        raise OutOfStock(f"only 5 left, {qty} ordered")
+    return qty
+
+try:
+    pool.map(order, [1, 7, 2])
+except OutOfStock as e:
+    print("caught:", e)
+    print(str(e.__cause__).strip().splitlines()[0])""",
+    ),
+    ("code", "close", "pool.close()\npool.join()"),
+]
+
 NOTEBOOKS = {
     "tour": CELLS,
+    "clusters": CLUSTER_CELLS,
     "dashboard": DASHBOARD_CELLS,
     "magics": MAGICS_CELLS,
     "output": OUTPUT_CELLS,

@@ -143,7 +143,7 @@ def test_terminate_returns_when_the_dispatcher_is_stuck_in_user_code(monkeypatch
 def test_a_failing_step_of_the_dispatchers_teardown_does_not_strand_later_calls(monkeypatch, capfd):
     """The dispatcher fails (a bug) and so does one step of its teardown: the rest still runs,
     the workers are gone and a later call fails at once instead of waiting forever."""
-    from nbpool._dispatcher import Engine
+    from nbpool._driver.dispatcher import Engine
 
     def broken(self, *args):
         raise RuntimeError("a bug")
@@ -170,8 +170,8 @@ def test_a_failing_step_of_the_dispatchers_teardown_does_not_strand_later_calls(
 @contextlib.contextmanager
 def _bare_worker():
     """A real worker process, past its Hello, driven message by message."""
-    from nbpool._procs import Worker
-    from nbpool._protocol import Hello, Ready
+    from nbpool._engines.local import Worker
+    from nbpool._worker.protocol import Hello, Ready
 
     lifeline_r, lifeline_w = os.pipe()
     w = Worker(0, lifeline_r)
@@ -190,9 +190,9 @@ def _bare_worker():
 def test_a_cancel_that_reaches_an_idle_worker_is_noted_not_fatal():
     """The worker waits for work and gets a Cancel first (the kernel sent it before it read the
     worker's last ChunkDone): it used to die with `pop from an empty deque`."""
-    from nbpool._functions import dumps_fn
-    from nbpool._protocol import Cancel, ChunkDone, RunChunk
-    from nbpool._serialize import dumps_data, loads_data
+    from nbpool._worker.functions import dumps_fn
+    from nbpool._worker.protocol import Cancel, ChunkDone, RunChunk
+    from nbpool._worker.serialize import dumps_data, loads_data
 
     with _bare_worker() as w:
         w.ch.send(Cancel(0, 7))  # for a job the worker has nothing of
@@ -214,9 +214,9 @@ def test_a_skipped_chunk_still_loads_the_function_it_carries():
     """A cancelled job's first chunk carried the function; the kernel notes that the worker
     holds it and sends later chunks of it without. The worker used to skip that chunk before
     loading the function, then die with a KeyError on the next job's chunk."""
-    from nbpool._functions import dumps_fn
-    from nbpool._protocol import Cancel, ChunkDone, RunChunk
-    from nbpool._serialize import dumps_data, loads_data
+    from nbpool._worker.functions import dumps_fn
+    from nbpool._worker.protocol import Cancel, ChunkDone, RunChunk
+    from nbpool._worker.serialize import dumps_data, loads_data
 
     with _bare_worker() as w:
         fn = dumps_fn(abs)
@@ -541,7 +541,7 @@ def test_dill_gives_a_module_function_the_same_globals_on_every_call():
     """dill ships a function of a module next to the notebook by reference: the worker's own
     module globals apply (here, what the initializer set). The function cache used to ship the
     kernel's globals from the second call on, undoing the initializer."""
-    from nbpool._functions import dumps_fn
+    from nbpool._worker.functions import dumps_fn
 
     assert dumps_fn(f.read_state, "dill").globals == dumps_fn(f.read_state, "dill").globals == ()
     with nbpool.Pool(1, initializer=f.init_state, initargs=(5,), serializer="dill") as pool:

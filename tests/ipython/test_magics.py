@@ -48,7 +48,7 @@ def test_pmap_and_pool_magics(tmp_path):
         _, msgs = run_cell(kc, "%%pmap --unordered x in [3, 1, 2]\nx * 10")
         assert sorted(eval(_result(msgs))) == [10, 20, 30]
         out, _ = run_cell(kc, "%pool status")
-        assert "workers, pids" in out
+        assert "workers on this machine, pids" in out
         # an error shows the item and the remote traceback, and loses no other result
         err = _error(kc, "%%pmap z in range(4)\nif z == 2:\n    raise ValueError(f'bad {z}')\nz")
         assert err["ename"] == "ValueError" and "bad 2" in err["evalue"]
@@ -75,7 +75,7 @@ def test_pmap_and_pool_magics(tmp_path):
 def test_pool_size_options_are_applied_or_refused(tmp_path):
     """-n used to be ignored silently once the session pool existed, and -n 0 was accepted."""
     with kernel(str(tmp_path)) as (_km, kc):
-        run_cell(kc, "%load_ext nbpool\nimport nbpool._magic as m")
+        run_cell(kc, "%load_ext nbpool\nimport nbpool._notebook.magic as m")
         out, _ = run_cell(kc, "%pool start -n 2")
         assert "2 workers" in out
         out, _ = run_cell(kc, "%pool start -n 1")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from nbpool._notebook.widget import HISTORY_LINES, CellArea
 from nbpool._progress import JobProgress
-from nbpool._widget import HISTORY_LINES, CellArea
 
 
 class _Session:

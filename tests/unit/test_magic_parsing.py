@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nbpool._magic import _split_options, _split_target
+from nbpool._notebook.magic import _split_options, _split_target
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from nbpool._protocol import ChunkDone, ItemFailure, RunChunk
+from nbpool._worker.protocol import ChunkDone, ItemFailure, RunChunk
 
 
 def test_fields_defaults_equality_and_pickling():

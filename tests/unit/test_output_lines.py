@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nbpool._output import LineBuffer
+from nbpool._driver.output import LineBuffer
 
 
 def _texts(events):

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from nbpool._notebook.widget import asset, fmt_bytes, fmt_seconds, render_html, render_text
 from nbpool._progress import check_progress, describe_call, format_arg, wants_view
-from nbpool._widget import asset, fmt_bytes, fmt_seconds, render_html, render_text
 
 
 def snapshot(**over):
@@ -144,4 +144,8 @@ def test_the_wheel_contains_the_dashboard_front_end(tmp_path):
     root = pathlib.Path(__file__).resolve().parents[2]
     (wheel,) = WheelBuilder(str(root)).build(directory=str(tmp_path), versions=["standard"])
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"nbpool/js/dashboard.js", "nbpool/js/dashboard.css", "nbpool/_widget.py"} <= names
+    assert {
+        "nbpool/js/dashboard.js",
+        "nbpool/js/dashboard.css",
+        "nbpool/_notebook/widget.py",
+    } <= names

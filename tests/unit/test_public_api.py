@@ -56,7 +56,7 @@ def test_the_local_engine_never_imports_a_cluster_engine():
         "import sys, nbpool\n"
         "with nbpool.Pool(2) as pool:\n"
         "    assert pool.map(abs, [-1]) == [1]\n"
-        "cluster = ['ray', 'dask', 'distributed', 'nbpool._ray']\n"
+        "cluster = ['ray', 'dask', 'distributed', 'nbpool._engines.ray']\n"
         "print(sorted(m for m in cluster if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -83,10 +83,11 @@ def test_error_tree():
 
 @pytest.mark.smoke
 def test_worker_imports_stay_small():
-    """A worker imports nbpool._worker only: no multiprocessing, no caller-side machinery."""
+    """A worker imports nbpool._engines.local_main only: no multiprocessing, no caller-side
+    machinery."""
     code = (
-        "import sys, nbpool._worker\n"
-        "print(sorted(m for m in ['multiprocessing', 'nbpool._pool', 'nbpool._dispatcher',"
+        "import sys, nbpool._engines.local_main\n"
+        "print(sorted(m for m in ['multiprocessing', 'nbpool._pool', 'nbpool._driver.dispatcher',"
         " 'subprocess', 'cloudpickle', 'dill'] if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

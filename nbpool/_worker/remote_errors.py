@@ -2,7 +2,7 @@
 
 Worker side (``pack_exception``): the exception is pickled, with its traceback formatted as
 text. The traceback shows the notebook cell's lines: code shipped by value keeps its cell's
-file name, and the cell's source travels with it (``_functions``). An exception with an
+file name, and the cell's source travels with it (``_worker.functions``). An exception with an
 attribute that cannot be pickled (a lock, a connection, an open file) is sent without that
 attribute (its type, message and other attributes intact) and says so in a note; one whose
 arguments cannot be pickled either is sent as text only.
@@ -115,7 +115,7 @@ def rebuild_exception(
     data: bytes, tb: str, type_name: str, message: str, header: str, lost: str = ""
 ) -> BaseException:
     """The worker's exception, ready to raise in the caller (see the module docstring)."""
-    from ._errors import RemoteTraceback, TaskExitError
+    from .._errors import RemoteTraceback, TaskExitError
 
     exc: BaseException
     try:

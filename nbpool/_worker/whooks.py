@@ -2,7 +2,8 @@
 
 A worker's start-up is every pool's cold start, so it imports neither ``multiprocessing`` nor
 ``logging``. Yet a task that uses them must find them set up: ``multiprocessing`` must say it
-runs in a pool worker, and ``logging`` must forward records (``_wlog``). ``after_import`` runs
+runs in a pool worker, and ``logging`` must forward records (``_worker.wlog``). ``after_import``
+runs
 a function right after a module is first imported (or now, if it already is): a
 ``sys.meta_path`` entry watches for that one import, wraps its loader, and leaves.
 

@@ -1,4 +1,5 @@
-"""Pickling of data, and the rules every nbpool pickler follows. ``_functions`` pickles functions.
+"""Pickling of data, and the rules every nbpool pickler follows. ``_worker.functions`` pickles
+functions.
 
 Arguments and results
     Plain pickle protocol 5 first (fast, and large buffers such as numpy arrays travel out of band,
@@ -10,12 +11,14 @@ Arguments and results
 Rules of nbpool's cloudpickle subclass (``base_pickler``), for data and functions alike
     * Code objects keep their file name. cloudpickle replaces it with ``"<dynamic-code>"`` (to make
       pickles deterministic), which left remote tracebacks without cell or source line. With the
-      name kept, and the cells' sources shipped beside the function (``_functions``), a worker's
+      name kept, and the cells' sources shipped beside the function (``_worker.functions``), a
+      worker's
       traceback shows the cell's line, as a local one does.
     * ``functools.lru_cache`` / ``functools.cache`` wrappers of code that travels by value are
       rebuilt in the worker around the function shipped by value (with an empty cache of the same
       size). cloudpickle sent them by name, and the worker had no such name.
-    * Functions and classes of modules next to the notebook travel by value (see ``_modules``).
+    * Functions and classes of modules next to the notebook travel by value (see
+    ``_worker.modules``).
     * An open file is refused with a message that says to pass its path. cloudpickle would send a
       ``StringIO`` of its contents instead, silently.
 """
@@ -93,7 +96,7 @@ def base_pickler() -> Any:
     import cloudpickle
     from cloudpickle import cloudpickle as cp
 
-    from ._modules import by_value_module
+    from .modules import by_value_module
 
     def code_reduce(code: types.CodeType) -> Any:
         make, args = cp._code_reduce(code)

@@ -2,7 +2,8 @@
 
 ``%%pmap`` turns the cell body into a function of TARGET defined in the notebook's namespace, so
 the notebook names it reads are shipped by value (the usual ``__main__`` rule, see
-``_serialize``) and the names it assigns stay local to each item; the value of the body's last
+``_worker.serialize``) and the names it assigns stay local to each item; the value of the body's
+last
 expression is the item's result. It runs on the session pool (``%pool``), started on first use
 and reused across cells.
 """
@@ -14,20 +15,24 @@ import ast
 import re
 import shlex
 
-from ._progress import await_final_render
+from .._progress import await_final_render
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
 
-_SESSION: dict[str, Any] = {"pool": None}
+# The session pool, and where new ones run (``%pool connect``): Pool keyword arguments.
+_SESSION: dict[str, Any] = {"pool": None, "where": {}}
 
 PMAP_USAGE = (
     "usage: %%pmap [-n N] [-o NAME] [--chunksize K] [--unordered] [--progress | --no-progress] "
     "TARGET in EXPR   "
     "(e.g. %%pmap x in range(10))"
 )
-POOL_USAGE = "usage: %pool [show | status | start [-n N] | stop | restart [-n N]]"
+POOL_USAGE = (
+    "usage: %pool [show | status | start [-n N] | stop | restart [-n N] | "
+    "connect ADDRESS | connect --local]"
+)
 
 
 def _usage_error(message: str) -> Exception:
@@ -55,7 +60,7 @@ def session_pool(processes: int | None = None) -> Any:
             f"worker{'s' if processes != 1 else ''} (it had {pool._processes})"
         )
         _stop_session_pool()
-    pool = _SESSION["pool"] = nbpool.Pool(processes)
+    pool = _SESSION["pool"] = nbpool.Pool(processes, **_SESSION["where"])
     return pool
 
 
@@ -148,7 +153,8 @@ def _cell_function(
     """Compile the body into ``def f(item): TARGET = item; ...; return <last expression>``.
 
     The body is transformed as IPython transforms a cell (``!cmd``, ``%time``: see
-    ``_ipyshim``), and compiled with the cell's line numbers under a file name IPython shows as
+    ``_worker.ipyshim``), and compiled with the cell's line numbers under a file name IPython shows
+    as
     the cell's, so a traceback from a worker shows ``Cell In[N], line K`` and the line as typed.
     """
     source = body
@@ -185,7 +191,7 @@ def _cell_function(
         filename = "<%%pmap cell>"
     scope: dict[str, Any] = {}
     if uses_ipython:
-        from ._ipyshim import get_ipython
+        from .._worker.ipyshim import get_ipython
 
         scope["__nbpool_get_ipython"] = get_ipython
     # Defined over the notebook namespace: a __main__ function, shipped by value with the
@@ -267,10 +273,22 @@ def pool_magic(line: str) -> Any:
             raise _usage_error(msg) from None
         if n < 1:
             raise _usage_error(f"-n must be at least 1 worker, not {n}\n{POOL_USAGE}")
+    elif cmd == "connect":
+        if len(words) != 2:
+            raise _usage_error(f"%pool connect takes one address, or --local\n{POOL_USAGE}")
+        target = {"backend": "local"} if words[1] == "--local" else {"ray_address": words[1]}
+        _stop_session_pool()
+        _SESSION["where"] = target
+        try:
+            session_pool()
+        except BaseException:
+            _SESSION["where"] = {}  # a failed connect leaves the session on this machine
+            raise
+        return pool_magic("status")
     elif len(words) > 1:
         raise _usage_error(POOL_USAGE)
     if cmd == "show":
-        from ._output import notebook_target
+        from .._driver.output import notebook_target
 
         if notebook_target() is None:  # a terminal IPython: the status line instead
             return pool_magic("status")
@@ -280,8 +298,9 @@ def pool_magic(line: str) -> Any:
         pool = _SESSION["pool"]
         if pool is None or pool._state != "RUN":
             return "nbpool session pool: not started (it starts on first %%pmap, or %pool start)"
+        on = "this machine" if pool.backend == "local" else f"Ray ({pool.address or 'ray.init'})"
         return (
-            f"nbpool session pool: {pool._processes} workers, "
+            f"nbpool session pool: {pool._processes} workers on {on}, "
             f"pids {' '.join(map(str, pool._engine.worker_pids()))}"
         )
     if cmd == "start":

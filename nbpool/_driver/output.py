@@ -223,7 +223,8 @@ _levels_cache: dict[str, Any] = {"levels": None, "probe": None}
 
 
 def caller_log_levels() -> tuple[tuple[str, int], ...]:
-    """The caller's logger levels to apply in workers (see ``_wlog``): the root's and those of
+    """The caller's logger levels to apply in workers (see ``_worker.wlog``): the root's and those
+    of
     every logger with a level of its own.
 
     Recomputed only when some level changed: ``Logger.setLevel`` (and ``basicConfig``,

@@ -1,12 +1,14 @@
 """The worker side that every engine shares: greet, load functions, run chunks, report.
 
-A local worker process (``_worker``) and a Ray actor (``_ray``) both hold one ``Runner`` and
-hand it the messages of ``_protocol``; it answers with messages. What differs between them is
+A local worker process (``_engines.local_main``) and a Ray actor (``_engines.ray``) both hold one
+``Runner`` and
+hand it the messages of ``_worker.protocol``; it answers with messages. What differs between them is
 only how messages arrive and leave (a socket, actor calls) and how output and the item slot
 reach the caller (pipes and shared memory, or polled by the driver). Because this code is the
 same, so are the semantics: functions shipped by value into a per-worker namespace
-(``_functions``), the initializer, exceptions shipped back as data with their remote traceback
-(``_remote_errors``), per-item tracking in the slot, a cancelled job's chunks skipped.
+(``_worker.functions``), the initializer, exceptions shipped back as data with their remote
+traceback
+(``_worker.remote_errors``), per-item tracking in the slot, a cancelled job's chunks skipped.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import sys
 import time
 from collections import OrderedDict
 
-from ._functions import load_fn
-from ._protocol import (
+from .functions import load_fn
+from .protocol import (
     FN_CACHE_SIZE,
     STAGE_IDLE,
     STAGE_LOADING,
@@ -34,11 +36,11 @@ from ._protocol import (
     Ready,
     RunChunk,
 )
-from ._remote_errors import pack_exception
-from ._serialize import dumps_data, loads_data, short_repr
-from ._whooks import set_identity
-from ._wlog import apply_levels as apply_log_levels
-from ._wlog import install_hook as install_log_hook
+from .remote_errors import pack_exception
+from .serialize import dumps_data, loads_data, short_repr
+from .whooks import set_identity
+from .wlog import apply_levels as apply_log_levels
+from .wlog import install_hook as install_log_hook
 
 TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
 if TYPE_CHECKING:
@@ -111,7 +113,7 @@ def _pack_results(results: list, failures: list[ItemFailure], start: int) -> tup
     except Exception:
         pass
     # Slow path: find the results that cannot be pickled, fail just those, ship the rest.
-    from ._errors import SerializationError
+    from .._errors import SerializationError
 
     for i, r in enumerate(results):
         try:
@@ -172,14 +174,15 @@ class Runner:
                 data, text, lost = pack_exception(exc, __name__)
                 flush_std()
                 return InitFailed(wid, data, text, lost)
-        flush_std()  # what the initializer printed is out before Ready (see _inbox)
+        flush_std()  # what the initializer printed is out before Ready (see _driver.inbox)
         return Ready(wid, pid, host)
 
     def run_chunk(self, msg: RunChunk, buffers: list[Any]) -> tuple[Any, list[Any]]:
         """The reply to a ``RunChunk`` and its buffers (the pickled results)."""
         wid, slot, fns = self.wid, self.slot, self.fns
         # The function and the log levels are applied even for a cancelled job's chunk: the
-        # kernel keeps a mirror of what this worker holds (_scheduling.fn_for) and will not send
+        # kernel keeps a mirror of what this worker holds (_driver.scheduling.fn_for) and will not
+        # send
         # them again.
         slot[0], slot[1], slot[2] = msg.job_id, msg.chunk_id, STAGE_LOADING
         if msg.log_levels is not None:

@@ -1,4 +1,4 @@
-"""Worker processes as the dispatcher sees them: start, watch, stop.
+"""The local engine's workers: processes on this machine, started, watched and stopped.
 
 A worker is started with ``subprocess`` (fork + exec of a fresh interpreter, never a bare fork
 of the caller) and gets five descriptors: its end of an AF_UNIX socket pair (messages), a
@@ -10,25 +10,26 @@ as the results, even if a grandchild keeps the socket open.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import mmap
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 
-from ._proctree import kill_group, kill_tree
-from ._protocol import STAGE_IDLE, Channel, channel_pair, readable
+from .._driver.handle import WorkerHandle
+from .._worker.protocol import STAGE_IDLE, channel_pair, readable
+from .proctree import kill_group, kill_tree
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
 
-_NBPOOL_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_BOOT = "import sys; sys.path.insert(0, {path!r}); from nbpool._worker import main; main()"
+_NBPOOL_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BOOT = (
+    "import sys; sys.path.insert(0, {path!r}); from nbpool._engines.local_main import main; main()"
+)
 SLOT_BYTES = 64
 # A process group, not a session: a new session is also a new scheduler autogroup on Linux,
 # and workers in autogroups of their own ran CPU-bound items measurably slower here.
@@ -49,90 +50,6 @@ def _shared_slot() -> tuple[int, mmap.mmap]:
             fd = os.dup(f.fileno())
     os.ftruncate(fd, SLOT_BYTES)
     return fd, mmap.mmap(fd, SLOT_BYTES)
-
-
-class WorkerHandle:
-    """What the dispatcher knows of one worker, whatever runs it (touched by the dispatcher
-    thread only). ``Worker`` below is a local process; ``_ray.RayWorker`` an actor. An engine's
-    transport gives the dispatcher the same four things either way: a ``Channel`` (``ch``) that
-    carries ``_protocol`` messages, output fds (``out_fds``), a 4-slot array saying which item
-    the worker is on (``slot``), and ``kill``/``reap``."""
-
-    pid = 0
-    host = ""  # "" for this machine
-    pidfd: int | None = None
-
-    def __init__(self, wid: int) -> None:
-        self.wid = wid
-        self.ch: Channel
-        self.slot: Any
-        self.out_fds: dict[int, str] = {}
-        self.ready = False
-        self.chunks_done = 0
-        self.retiring = False
-        self.dead = False
-        self.kill_reason: BaseException | None = None  # set when we kill it on purpose
-        self.kill_note = ""  # why we killed it, for its dashboard row ("stopped by interrupt")
-        self.inflight: dict[tuple[int, int], Any] = {}  # (job, chunk) -> Chunk, in send order
-        self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self.globals: dict[tuple[str, str], bytes] = {}  # mirror of its _functions._APPLIED
-        self.budget: int | None = None  # items left before maxtasksperchild retires it
-        self.init_error: BaseException | None = None
-        self.last_output: Any = None  # _output.OutputTarget of the last job it finished
-        self.last_job: int | None = None
-        self.log_levels: Any = None  # the logger levels it last got (see _wlog)
-        self.line_bufs: dict[int, Any] = {}  # out fd -> _output.LineBuffer (dispatcher's)
-        # What the progress views last saw it on: (job id, item index), and since when.
-        self.seen_item: tuple[int, int] | None = None
-        self.seen_at = 0.0
-
-    @property
-    def where(self) -> str:
-        return f" on {self.host}" if self.host else ""
-
-    @property
-    def tag(self) -> str:
-        """How its output lines are prefixed: ``w1 pid 4711`` (``... on 10.0.0.7``)."""
-        return f"w{self.wid} pid {self.pid}{self.where}"
-
-    @property
-    def label(self) -> str:
-        """How messages name it: ``worker 1 (pid 4711)``, ``... on node-2`` for a cluster's."""
-        return f"worker {self.wid} (pid {self.pid}{self.where})"
-
-    def running(self) -> tuple[Any, int] | None:
-        """(chunk, slot stage/index) of the chunk the worker is on, from the shared slot."""
-        if not self.inflight:
-            return None
-        chunk = next(iter(self.inflight.values()))
-        if self.slot[0] == chunk.job.id and self.slot[1] == chunk.chunk_id:
-            return chunk, self.slot[2]
-        return chunk, STAGE_IDLE  # not started on it yet
-
-    def kill(self, reason: BaseException | None = None, note: str = "") -> None:
-        if reason is not None and self.kill_reason is None:
-            self.kill_reason = reason
-        if note and not self.kill_note:
-            self.kill_note = note
-        self._stop()
-
-    def _stop(self) -> None:
-        raise NotImplementedError
-
-    def reap(self) -> int | None:
-        """Wait until it is gone and close what we hold; its exit status if it has one."""
-        raise NotImplementedError
-
-    def describe_exit(self, code: int | None) -> str:
-        return describe_exit(code)
-
-    def rss(self) -> int | None:
-        """Its resident memory in bytes (None: unknown)."""
-        raise NotImplementedError
-
-    def stats(self) -> tuple[float | None, int | None] | None:
-        """(CPU %, RSS) when the transport measures them itself; None: the views ask psutil."""
-        return None
 
 
 class Worker(WorkerHandle):
@@ -177,7 +94,7 @@ class Worker(WorkerHandle):
                 self.pidfd = os.pidfd_open(self.pid)
 
     def _stop(self) -> None:
-        """SIGKILL the worker, its process group and its descendants (see ``_proctree``)."""
+        """SIGKILL the worker, its process group and its descendants (see ``_engines.proctree``)."""
         with self._reap_lock:  # (force_stop calls this from another thread than reap's)
             if self.proc.returncode is None:  # not reaped: its pid (and group id) are ours
                 kill_tree(self.pid)
@@ -235,21 +152,3 @@ class Worker(WorkerHandle):
             return int(psutil.Process(self.pid).memory_info().rss)
         except psutil.Error:
             return None
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exit status unknown"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = {
-            "SIGKILL": " (the Linux OOM killer sends SIGKILL when memory runs out)",
-            "SIGSEGV": " (a crash in C code)",
-            "SIGBUS": " (a crash in C code)",
-            "SIGABRT": " (a C library aborted)",
-        }.get(name, "")
-        return f"killed by {name}{hint}"
-    return f"exited with code {code}"

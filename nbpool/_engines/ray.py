@@ -3,8 +3,8 @@
 Only this module imports Ray, and only ``Pool(ray_address=...)`` (or ``RAY_ADDRESS``,
 ``NBPOOL_ADDRESS``, ``backend="ray"``) imports this module.
 
-The dispatcher (``_dispatcher``) does not know it talks to an actor. A ``RayWorker`` gives it
-what a local worker process gives it: a socket that carries ``_protocol`` messages, two pipes
+The dispatcher (``_driver.dispatcher``) does not know it talks to an actor. A ``RayWorker`` gives it
+what a local worker process gives it: a socket that carries ``_worker.protocol`` messages, two pipes
 with the worker's stdout and stderr, and a 4-slot array that says which item the worker is on.
 Behind them, one bridge thread per actor turns messages into actor calls and replies back::
 
@@ -35,9 +35,9 @@ import socket
 import threading
 import time
 
-from ._errors import BackendUnavailableError, ClusterConnectionError
-from ._procs import WorkerHandle
-from ._protocol import (
+from .._driver.handle import WorkerHandle
+from .._errors import BackendUnavailableError, ClusterConnectionError
+from .._worker.protocol import (
     STAGE_IDLE,
     Cancel,
     Channel,
@@ -167,7 +167,7 @@ def check_processes(ray: Any, processes: int | None, address: str | None) -> int
 
 
 class _ActorImpl:
-    """What runs inside the actor: a ``_runner.Runner`` plus the output pipes it drains.
+    """What runs inside the actor: a ``_worker.runner.Runner`` plus the output pipes it drains.
 
     Two concurrency groups: ``run`` (hello, run: one at a time, in call order) and ``ctl``
     (poll, cancel), so that the driver can ask which item a chunk is on while it runs.
@@ -176,7 +176,7 @@ class _ActorImpl:
     def __init__(self) -> None:
         import sys
 
-        from ._runner import Runner
+        from .._worker.runner import Runner
 
         # fd 1 and 2 become pipes that poll() drains: print(), C code and subprocesses all
         # reach the caller through nbpool, and none of it goes to Ray's logs (printed twice).
@@ -203,7 +203,7 @@ class _ActorImpl:
         self._host = ""
 
     def _drain(self) -> tuple[bytes, bytes, list[Any]]:
-        from ._runner import flush_std
+        from .._worker.runner import flush_std
 
         flush_std()
         out = []

@@ -1,6 +1,6 @@
 """The view thread: renders progress snapshots, so the dispatcher never waits on a frontend.
 
-The dispatcher posts snapshots (``_progress``); this thread keeps only the latest one per
+The dispatcher posts snapshots (``_driver.progress``); this thread keeps only the latest one per
 job (a slow frontend skips frames, it never queues them), adds each worker's CPU % and RSS
 from psutil, and renders it: the dashboard widget in a notebook (``_widget``), a tqdm bar in
 a terminal. It exits when its engine is torn down, after rendering the final snapshots.
@@ -12,13 +12,13 @@ import sys
 import threading
 import time
 
-from ._progress import format_arg
+from .._progress import format_arg
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._progress import JobProgress
+    from .._progress import JobProgress
 
 STATS_EVERY_S = 0.5  # psutil samples per worker process, at most this often
 AREAS_KEPT = 64  # cells whose dashboard area a new call of theirs can still take over
@@ -100,7 +100,9 @@ class ViewThread:
         self._wake = threading.Event()
         self._stopping = False
         self._views: dict[JobProgress, Any] = {}  # text views (tqdm), per call
-        self._areas: dict[Any, Any] = {}  # notebook dashboards, per cell (_widget.CellArea)
+        self._areas: dict[
+            Any, Any
+        ] = {}  # notebook dashboards, per cell (_notebook.widget.CellArea)
         self._stats: ProcStats | None = None
         self._thread = threading.Thread(target=self._run, name="nbpool-progress", daemon=True)
         self._thread.start()
@@ -170,8 +172,9 @@ class ViewThread:
             view.update(snap)
 
     def _area(self, p: JobProgress) -> Any:
-        """The dashboard area of the call's cell (see _widget.CellArea), made on first use."""
-        from ._widget import CellArea, cell_key
+        """The dashboard area of the call's cell (see _notebook.widget.CellArea), made on first
+        use."""
+        from .widget import CellArea, cell_key
 
         key = cell_key(p)
         area = self._areas.pop(key, None)

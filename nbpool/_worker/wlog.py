@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from ._whooks import after_import, worker_name
+from .whooks import after_import, worker_name
 
 TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
 if TYPE_CHECKING:

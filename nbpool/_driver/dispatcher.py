@@ -5,17 +5,17 @@
   caller threads (Pool methods)         dispatcher thread (one per pool)            workers
   ─────────────────────────────         ────────────────────────────────            ───────
   validate, pickle fn (pre-flight),
-  note stdout/stderr/cell (_output)
+  note stdout/stderr/cell (_driver.output)
   Job ──► commands deque ──► wake pipe ─► select(timeout = next timer) over
   KeyboardInterrupt ─► Cancel ─┘          · wake pipe  (submit, cancel, close, terminate)
   dropped imap iterator ─► Cancel ┘       · sockets    ◄── Ready / ChunkDone / LogRecord ──
                                           · pidfds     ◄── (process exit)
                                           · stdout/err ◄── bytes ──► lines ──► the job's
-                                                                     stream / cell (_output)
+                                                                     stream / cell (_driver.output)
                                           timers: task_timeout, memory check, cancel grace,
                                                   partial output lines, progress tick
-                                          progress tick (_progress): snapshot ──► view thread
-                                            (_views: one dashboard per cell / tqdm, never
+                                          progress tick (_driver.progress): snapshot ──► view thread
+                                            (_notebook.views: one dashboard per cell / tqdm, never
                                             waited on)
                                           schedule: an idle worker pulls the next chunk
                                             ─── RunChunk (+ pickled items) ──────────────►
@@ -25,18 +25,23 @@
                                           a dead worker: read which item it was on from its
                                           shared slot, fail (or retry) that item, requeue the
                                           rest, respawn it (its process group and
-                                          descendants are killed: _proctree)
+                                          descendants are killed: _engines.proctree)
 
 The thread's code is this module (loop, commands, spawning, shutdown) and four mixins of
-``Engine``: ``_scheduling`` (chunks to workers), ``_inbox`` (messages and output from workers),
-``_faults`` (cancel, timeouts, memory limits, dead workers) and ``_progress`` (snapshots for
-the dashboard). Everything that
-touches a socket, a process or a Job happens in this thread, so none of that state needs a lock;
-caller threads only append to ``_commands`` and write a byte to the wake pipe. No user code
-runs here but pickling and the input iterator: callbacks and log handlers run in the callback
-thread, so a callback that blocks (or calls the pool) cannot stop this one.
-A worker's death is seen in the same ``select()`` as its results: its socket reaches EOF and its
-pidfd becomes readable. No polling loop, no sleep: ``select()`` wakes for I/O or the next timer.
+``Engine``: ``scheduling`` (chunks to workers), ``inbox`` (messages and output from workers),
+``faults`` (cancel, timeouts, memory limits, dead workers) and ``progress`` (snapshots for the
+dashboard). Everything that touches a worker, its channel or a Job happens in this thread, so
+none of that state needs a lock; caller threads only append to ``_commands`` and write a byte to
+the wake pipe. No user code runs here but pickling and the input iterator: callbacks and log
+handlers run in the callback thread, so a callback that blocks (or calls the pool) cannot stop
+this one. A worker's death is seen in the same ``select()`` as its results: its socket reaches
+EOF and (local workers) its pidfd becomes readable. No polling loop, no sleep: ``select()``
+wakes for I/O or the next timer.
+
+Engines: the workers above are ``WorkerHandle``s (``handle``). A local one is a process
+(``_engines.local``); a Ray one is an actor behind a bridge thread that gives this loop the same
+socket, output fds and slot (``_engines.ray``). This thread does the same for both; the
+diagram of the seam is in docs/architecture.md ("Engines").
 """
 
 from __future__ import annotations
@@ -51,24 +56,24 @@ import sys
 import threading
 import weakref
 
-from ._errors import PoolClosedError
-from ._events import EventThread
-from ._faults import MEMORY_CHECK_S, FaultsMixin
-from ._functions import FnPayload
-from ._inbox import InboxMixin
-from ._jobs import Job
-from ._message import Message
-from ._output import LineBuffer, OutputTarget, Router, caller_log_levels
-from ._procs import Worker as LocalWorker
-from ._procs import WorkerHandle as Worker
-from ._progress import ProgressMixin
-from ._protocol import (
+from .._engines.local import Worker as LocalWorker
+from .._errors import PoolClosedError
+from .._events import EventThread
+from .._jobs import Job
+from .._worker.functions import FnPayload
+from .._worker.message import Message
+from .._worker.protocol import (
     Hello,
     Shutdown,
 )
-from ._scheduling import SchedulingMixin
-from ._serialize import dumps_data
-from ._timers import Timers
+from .._worker.serialize import dumps_data
+from .faults import MEMORY_CHECK_S, FaultsMixin
+from .handle import WorkerHandle as Worker
+from .inbox import InboxMixin
+from .output import LineBuffer, OutputTarget, Router, caller_log_levels
+from .progress import ProgressMixin
+from .scheduling import SchedulingMixin
+from .timers import Timers
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -96,7 +101,7 @@ class Conclude(Message):
 
 
 class Watch(Message):
-    progress: Any  # a _progress.JobProgress for the whole pool
+    progress: Any  # a _driver.progress.JobProgress for the whole pool
 
 
 class Close(Message):
@@ -124,13 +129,13 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
     ) -> None:
         self.nworkers = processes
         # How a worker for a slot is started: a local process unless an engine says otherwise
-        # (``_ray``: an actor behind a bridge thread). Everything else here is the same.
+        # (``_engines.ray``: an actor behind a bridge thread). Everything else here is the same.
         self._new_worker = new_worker or (lambda slot: LocalWorker(slot, self._lifeline_r))
         self._initializer = initializer
         self._initargs = dumps_data(tuple(initargs)) if initializer is not None else None
         self._maxtasks = maxtasksperchild
         self._max_memory = max_memory
-        self.router = Router()  # worker output to its targets (_output)
+        self.router = Router()  # worker output to its targets (_driver.output)
         self.init_output = init_output  # where the initializer's output goes
         self._commands: collections.deque[Any] = collections.deque()
         # Guards the wake pipe's write end: once the dispatcher has closed it, a late command
@@ -143,7 +148,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         # Every worker holds the read end; only we hold the write end and never write: when this
-        # process ends, however it ends, the workers read EOF and exit (see _worker).
+        # process ends, however it ends, the workers read EOF and exit (see _engines.local_main).
         self._lifeline_r, self._lifeline_w = lifeline if lifeline else os.pipe()
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
@@ -155,7 +160,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         self._pending: collections.deque[Job] = collections.deque()
         self._closing = False
         self._terminating = False
-        self._views = None  # the progress view thread (_views), started on first use
+        self._views = None  # the progress view thread (_notebook.views), started on first use
         self._tick_gen = 0
         self._tick_due: float | None = None
         self._restarted_at: dict[int, tuple[float, str]] = {}

@@ -1,6 +1,7 @@
 """The worker process: receive chunks, run items, send results. Short and import-light.
 
-Started by the kernel as ``python -c "...; from nbpool._worker import main; main()" SOCK SLOT``
+Started by the kernel as ``python -c "...; from nbpool._engines.local_main import main; main()"
+SOCK SLOT LIFELINE``
 (a fresh interpreter, never a fork of the kernel): SOCK is its end of an AF_UNIX socket pair,
 SLOT a small shared-memory file in which it writes which item it is on, so that the kernel knows
 exactly which item a worker was running when it died or ran past its timeout, without a message
@@ -14,7 +15,8 @@ Two threads:
   when the caller exits, crashes or is killed, it reads EOF and ends the process at once, busy
   or not, so no worker outlives its caller.
 
-The caller never sends a large message to a worker that is busy (see _dispatcher._capacity), so
+The caller never sends a large message to a worker that is busy (see _driver.dispatcher._capacity),
+so
 its sends cannot block on a worker that is itself blocked sending a large result.
 
 SIGINT is ignored: Jupyter's interrupt goes to the kernel's whole process group and is the
@@ -30,8 +32,7 @@ import os
 import sys
 from collections import deque
 
-from ._proctree import exit_with_tree
-from ._protocol import (
+from .._worker.protocol import (
     STAGE_IDLE,
     Cancel,
     Channel,
@@ -41,7 +42,8 @@ from ._protocol import (
     Shutdown,
     readable,
 )
-from ._runner import Runner, flush_std
+from .._worker.runner import Runner, flush_std
+from .proctree import exit_with_tree
 
 TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
 if TYPE_CHECKING:
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
 
 class _SendChannel(Channel):
     """The worker's channel: one sender at a time. The main thread sends results; a record
-    that a task logs (in any thread, see _wlog) is sent from the thread that logged it."""
+    that a task logs (in any thread, see _worker.wlog) is sent from the thread that logged it."""
 
     def __init__(self, fd: int) -> None:
         super().__init__(fd)

@@ -1,6 +1,6 @@
 """The dispatcher's fault side: cancel, task timeouts, memory limits, dead workers.
 
-A mixin of ``Engine`` (``_dispatcher``): these methods run in the dispatcher thread only.
+A mixin of ``Engine`` (``_driver.dispatcher``): these methods run in the dispatcher thread only.
 """
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 import time
 
-from ._engine_state import EngineState
-from ._errors import MemoryLimitError, TaskTimeoutError, WorkerLostError
-from ._jobs import Chunk
-from ._procs import WorkerHandle as Worker
-from ._progress import format_arg
-from ._protocol import Cancel
+from .._errors import MemoryLimitError, TaskTimeoutError, WorkerLostError
+from .._jobs import Chunk
+from .._progress import format_arg
+from .._worker.protocol import Cancel
+from .handle import WorkerHandle as Worker
+from .state import EngineState
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:

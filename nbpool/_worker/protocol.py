@@ -1,6 +1,7 @@
 """Messages between the kernel and a worker, and the framing that carries them.
 
-Every message is a frozen ``Message`` (see ``_message``), pickled with plain pickle, optionally
+Every message is a frozen ``Message`` (see ``_worker.message``), pickled with plain pickle,
+optionally
 followed by raw buffers (a pickled argument or result list and its out-of-band numpy buffers).
 Raw buffers are
 written straight from their memory and read into fresh ``bytearray``s, so a 50 MB array crosses
@@ -18,8 +19,8 @@ import pickle
 import select
 import struct
 
-from ._functions import FnPayload
-from ._message import Message
+from .functions import FnPayload
+from .message import Message
 
 TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
 if TYPE_CHECKING:
@@ -53,14 +54,14 @@ class Hello(Message):
     worker_id: int
     sys_path: tuple[str, ...]
     initializer: FnPayload | None
-    log_levels: tuple[tuple[str, int], ...] = ()  # the caller's logger levels (see _wlog)
+    log_levels: tuple[tuple[str, int], ...] = ()  # the caller's logger levels (see _worker.wlog)
     # buffers[0] (if initializer): pickled initargs
 
 
 # How many distinct functions a worker keeps loaded; the caller mirrors this LRU exactly.
 FN_CACHE_SIZE = 64
 
-# What a worker writes in slot[2] (see _worker) when it is not running a given item.
+# What a worker writes in slot[2] (see _engines.local_main) when it is not running a given item.
 STAGE_IDLE, STAGE_LOADING, STAGE_RUNNING, STAGE_PICKLING = -1, -2, -3, -4
 # RunChunk.track: how closely the worker reports, in its shared slot, which item it is on.
 TRACK_NONE, TRACK_INDEX, TRACK_TIME = 0, 1, 2
@@ -77,7 +78,7 @@ class RunChunk(Message):
     fn: FnPayload | None  # None: the worker already holds fn_digest
     fn_digest: bytes
     track: int = TRACK_INDEX
-    log_levels: tuple[tuple[str, int], ...] | None = None  # None: unchanged (see _wlog)
+    log_levels: tuple[tuple[str, int], ...] | None = None  # None: unchanged (see _worker.wlog)
 
 
 class Cancel(Message):
@@ -103,7 +104,7 @@ class Ready(Message):
 
 
 class LogRecord(Message):
-    """A record a task logged, as plain data (see _wlog); the caller handles it."""
+    """A record a task logged, as plain data (see _worker.wlog); the caller handles it."""
 
     worker_id: int
     record: dict[str, Any]
@@ -126,7 +127,7 @@ class ItemFailure(Message):
     tb: str
     type_name: str
     message: str
-    lost: str = ""  # what of the exception could not be pickled (see _remote_errors)
+    lost: str = ""  # what of the exception could not be pickled (see _worker.remote_errors)
 
 
 class ChunkDone(Message):

@@ -1,6 +1,6 @@
 """The dispatcher's reading side: messages from workers and their stdout/stderr.
 
-A mixin of ``Engine`` (``_dispatcher``): these methods run in the dispatcher thread only.
+A mixin of ``Engine`` (``_driver.dispatcher``): these methods run in the dispatcher thread only.
 """
 
 from __future__ import annotations
@@ -8,12 +8,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ._engine_state import EngineState
-from ._errors import RemoteTraceback, SerializationError
-from ._jobs import Chunk
-from ._output import PARTIAL_LINE_S, LineBuffer, OutputTarget, forward_log_record
-from ._procs import WorkerHandle as Worker
-from ._protocol import (
+from .._errors import RemoteTraceback, SerializationError
+from .._jobs import Chunk
+from .._worker.protocol import (
     ChunkDone,
     ChunkLoadFailed,
     FnLoadFailed,
@@ -24,8 +21,11 @@ from ._protocol import (
     UnreadableMessage,
     readable,
 )
-from ._remote_errors import load_failure_hint, rebuild_exception
-from ._serialize import loads_data
+from .._worker.remote_errors import load_failure_hint, rebuild_exception
+from .._worker.serialize import loads_data
+from .handle import WorkerHandle as Worker
+from .output import PARTIAL_LINE_S, LineBuffer, OutputTarget, forward_log_record
+from .state import EngineState
 
 
 class InboxMixin(EngineState):

@@ -1,19 +1,19 @@
 """The dispatcher's sending side: which worker gets which chunk, and what goes with it.
 
-A mixin of ``Engine`` (``_dispatcher``): these methods run in the dispatcher thread only.
+A mixin of ``Engine`` (``_driver.dispatcher``): these methods run in the dispatcher thread only.
 Workers pull: an idle worker (or one whose chunk is short, see ``_capacity``) gets the next
 chunk of the oldest job that has work, cut to size by ``_jobs``.
 """
 
 from __future__ import annotations
 
-from ._engine_state import EngineState
-from ._errors import SerializationError
-from ._functions import FnPayload
-from ._jobs import Chunk, Job
-from ._procs import WorkerHandle as Worker
-from ._protocol import FN_CACHE_SIZE, TRACK_INDEX, TRACK_NONE, TRACK_TIME, RunChunk
-from ._serialize import dumps_data, short_repr
+from .._errors import SerializationError
+from .._jobs import Chunk, Job
+from .._worker.functions import FnPayload
+from .._worker.protocol import FN_CACHE_SIZE, TRACK_INDEX, TRACK_NONE, TRACK_TIME, RunChunk
+from .._worker.serialize import dumps_data, short_repr
+from .handle import WorkerHandle as Worker
+from .state import EngineState
 
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class SchedulingMixin(EngineState):
         if fn.digest in w.fns and len(same) == len(fn.globals) and not stale:
             w.fns.move_to_end(fn.digest)
             return None
-        for key in stale:  # the worker drops them (see _functions.load_fn)
+        for key in stale:  # the worker drops them (see _worker.functions.load_fn)
             del w.globals[key]
         for m, n, got, _ in fn.globals:
             w.globals[(m, n)] = got

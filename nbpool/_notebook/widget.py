@@ -1,6 +1,6 @@
 """The dashboard widget (anywidget; its ES module and CSS are ``js/dashboard.*``).
 
-One synced trait, ``snapshot``: the JSON dict that ``_progress`` builds (schema in
+One synced trait, ``snapshot``: the JSON dict that ``_driver.progress`` builds (schema in
 ``docs/architecture.md``). Every update assigns a new dict: traitlets sends nothing for an
 in-place change.
 
@@ -28,7 +28,7 @@ TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # nbpool/
 
 
 def asset(name: str) -> str:

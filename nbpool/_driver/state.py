@@ -1,7 +1,9 @@
-"""``EngineState``: what the dispatcher's mixins (``_inbox``, ``_faults``) use of ``Engine``.
+"""``EngineState``: what the dispatcher's mixins (``_driver.inbox``, ``_driver.faults``) use of
+``Engine``.
 
 Declarations only, for the type checker: the attributes and methods live on ``Engine``
-(``_dispatcher``), which inherits both mixins. Keeping them in one place keeps the mixins from
+(``_driver.dispatcher``), which inherits both mixins. Keeping them in one place keeps the mixins
+from
 repeating each other.
 """
 
@@ -15,11 +17,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from ._events import EventThread
-    from ._jobs import Chunk, Job
-    from ._output import OutputTarget, Router
-    from ._procs import WorkerHandle as Worker
-    from ._timers import Timers
+    from .._events import EventThread
+    from .._jobs import Chunk, Job
+    from .handle import WorkerHandle as Worker
+    from .output import OutputTarget, Router
+    from .timers import Timers
 
 
 class EngineState:

@@ -3,7 +3,7 @@
 A task may start subprocesses (``subprocess.run(["sleep", "61"])``, a tool it shells out to, a
 server). They must not outlive the worker: not after an interrupt, a ``task_timeout``,
 ``terminate()``, nor when the kernel itself is killed or restarted. Each worker leads a process
-group of its own (see ``_procs``), which its subprocesses join unless they leave it
+group of its own (see ``_engines.local``), which its subprocesses join unless they leave it
 (``start_new_session=True``, a daemonizing tool). So a stop is two steps:
 
 1. find the descendants first: once the worker is dead they are re-parented (to init or a

@@ -2,7 +2,7 @@
 
 Functions are pickled with cloudpickle (default) or dill. Objects from installed modules go by
 reference; code from ``__main__`` (a notebook cell, a ``python -c`` script, a lambda) and from
-modules next to the notebook (``_modules``; cloudpickle only) goes by value.
+modules next to the notebook (``_worker.modules``; cloudpickle only) goes by value.
 
 Namespaces
     A function shipped by value is rebuilt in the worker with that worker's namespace of its
@@ -37,8 +37,8 @@ import pickle
 import sys
 import types
 
-from ._message import Message
-from ._serialize import OOB_MIN, PROTOCOL, base_pickler, digest, short_repr
+from .message import Message
+from .serialize import OOB_MIN, PROTOCOL, base_pickler, digest, short_repr
 
 TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ _PICKLERS: dict[str, Any] = {}  # serializer -> Pickler class, built once on fir
 
 
 def _cloudpickler() -> Any:
-    from ._modules import by_value_module
+    from .modules import by_value_module
 
     class FnPickler(base_pickler()):  # type: ignore[misc]
         """nbpool's cloudpickle; by-value functions share the worker's module namespace."""
@@ -216,7 +216,7 @@ def _fn_state(fn: Any) -> tuple[Any, ...] | None:
     values = (*defaults, *kwdefaults.values())
     if not all(isinstance(v, _IMMUTABLE) for v in values):
         return None
-    from ._modules import by_value_module
+    from .modules import by_value_module
 
     module = fn.__module__
     if not by_value_module(module) or fn.__globals__ is not _module_dict(module):
@@ -326,7 +326,7 @@ def dumps_fn(fn: Any, serializer: str = "cloudpickle", role: str = "function") -
     This is also the pre-flight check: an unpicklable function fails here, in the caller, with a
     message naming the function and, when the culprit is a global it reads, that global.
     """
-    from ._errors import SerializationError
+    from .._errors import SerializationError
 
     cached = _by_reference(fn, serializer, role)
     if cached is not None:
@@ -392,7 +392,7 @@ def _by_reference(fn: Any, serializer: str, role: str) -> FnPayload | None:
         return hit
     if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
         return None
-    from ._modules import by_value_module
+    from .modules import by_value_module
 
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", "")
