@@ -92,14 +92,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--output", default=str(HERE / "results" / "cluster.md"))
+    ap.add_argument("--rows", default="map,apply,cpu,connect", help="a subset, comma-separated")
     args = ap.parse_args()
 
+    # The head first: it sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (and the token) in this
+    # process, which Ray reads when it is imported; imported before, Ray would swap 127.0.0.1
+    # for the machine's other address.
+    head = start_ray_head(num_cpus=WORKERS)
     import ray
     import ray.util.multiprocessing
 
     import nbpool
 
-    head = start_ray_head(num_cpus=WORKERS)
     try:
         ray.init(address=head.address, log_to_driver=False, configure_logging=False)
         nb = nbpool.Pool(WORKERS, ray_address=head.address, progress=False)
@@ -132,7 +136,9 @@ def main() -> None:
             assert len(got) == 200
             return dt
 
+        wanted = args.rows.split(",")
         rows = {"map": row_map, "apply": row_apply, "cpu": row_cpu}
+        rows = {k: v for k, v in rows.items() if k in wanted}
         pools = {"nbpool": nb, "ray Pool": rp}
         for pool in pools.values():  # warm: every worker started, code shipped once
             pool.map(sq, range(100))
@@ -178,14 +184,22 @@ def main() -> None:
         "connect": "`Pool(ray_address=...)` to first result",
     }
     for name in ("map", "apply", "cpu", "connect"):
+        if (name, "nbpool") not in times:
+            continue
         a, b = times[(name, "nbpool")], times[(name, "ray Pool")]
         ma, mb = statistics.median(a), statistics.median(b)
         lines.append(
             f"| {what[name]} | {ma:.3f} s ({min(a):.3f}-{max(a):.3f}) | "
             f"{mb:.3f} s ({min(b):.3f}-{max(b):.3f}) | {mb / ma:.2f} |"
         )
-    cpu = statistics.median(times[("cpu", "nbpool")])
-    lines += ["", f"CPU row: serial {serial_cpu:.2f} s; nbpool {serial_cpu / cpu:.2f}x serial."]
+    if ("cpu", "nbpool") in times:
+        cpu = statistics.median(times[("cpu", "nbpool")])
+        ray_cpu = statistics.median(times[("cpu", "ray Pool")])
+        lines += [
+            "",
+            f"CPU row: serial {serial_cpu:.2f} s; nbpool {serial_cpu / cpu:.2f}x serial, "
+            f"Ray's Pool {serial_cpu / ray_cpu:.2f}x.",
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.output).write_text(text)

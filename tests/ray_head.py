@@ -45,9 +45,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def ray_env(tmp: str) -> dict[str, str]:
+def ray_env(tmp: str, multi_node: bool = False) -> dict[str, str]:
+    """``multi_node``: let a second node join. Ray then no longer keeps itself to 127.0.0.1,
+    so only inside a network namespace whose one interface is loopback (``unshare -n``)."""
     return {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if multi_node else "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(16),
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -56,11 +58,14 @@ def ray_env(tmp: str) -> dict[str, str]:
     }
 
 
-def start_ray_head(num_cpus: int = 2) -> RayHead:
+def start_ray_head(num_cpus: int = 2, multi_node: bool = False, driver: bool = True) -> RayHead:
+    """``driver``: this process will connect to it, so Ray's variables are set here too (a
+    second head started by a test for its child processes leaves this process as it is)."""
     tmp = tempfile.mkdtemp(prefix="nbrt", dir="/tmp")  # short: Ray's socket paths are long
-    env = ray_env(tmp)
-    os.environ.update(env)  # this process is the driver
-    os.environ.pop("RAY_ADDRESS", None)
+    env = ray_env(tmp, multi_node)
+    if driver:
+        os.environ.update(env)
+        os.environ.pop("RAY_ADDRESS", None)
     port = _free_port()
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     log = os.path.join(tmp, "head.log")
@@ -92,16 +97,18 @@ def start_ray_head(num_cpus: int = 2) -> RayHead:
         raise RuntimeError(f"the Ray head did not start:\n{fh.read().decode()[-3000:]}")
 
 
-def stop_ray_head(head: RayHead) -> None:
-    """SIGTERM the head's one PID, wait, then kill its whole session (and what is left)."""
+def stop_ray_head(head: RayHead, graceful: bool = True) -> None:
+    """SIGTERM the head's one PID, wait, then kill its whole session (and what is left).
+    ``graceful=False``: SIGKILL everything at once (a head that crashes). Safe to call twice."""
     import psutil
 
     rest = head.descendants()
-    try:
-        head.proc.send_signal(signal.SIGTERM)
-        head.proc.wait(20)
-    except subprocess.TimeoutExpired:
-        pass
+    if graceful:
+        try:
+            head.proc.send_signal(signal.SIGTERM)
+            head.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pass
     try:
         os.killpg(head.pid, signal.SIGKILL)
     except OSError:
@@ -113,4 +120,5 @@ def stop_ray_head(head: RayHead) -> None:
             pass
     if head.proc.poll() is None:
         head.proc.wait(10)
-    shutil.rmtree(head.tmp, ignore_errors=True)
+    if graceful:
+        shutil.rmtree(head.tmp, ignore_errors=True)

@@ -312,7 +312,11 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
     def _spawn(self, slot: int, w: Worker | None = None) -> None:
         """Start a worker for ``slot`` (or adopt one the Pool started early) and greet it."""
         if w is None:
-            w = self._new_worker(slot)
+            try:
+                w = self._new_worker(slot)
+            except Exception as exc:  # e.g. the cluster is gone: fail the work, do not loop
+                self._engine_failed(exc)
+                return
         if self._maxtasks is not None:
             w.budget = self._maxtasks
         self._slots[slot] = w
@@ -332,6 +336,13 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             w.globals = {(m, name): got for m, name, got, _ in self._initializer.globals}
         w.log_levels = caller_log_levels()  # (this thread reads the caller's logging config)
         self._send(w, Hello(slot, tuple(sys.path), self._initializer, w.log_levels), buffers)
+
+    def _engine_failed(self, exc: BaseException) -> None:
+        """No worker can be started any more: every job fails with ``exc``, the pool stops."""
+        for job in list(self._jobs.values()):
+            job.failed_fn = True
+            job.sink._abort(exc)
+        self._terminating = True
 
     def _respawn(self) -> None:
         work_waiting = any(job.has_work() for job in self._pending)

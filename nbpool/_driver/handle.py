@@ -29,6 +29,7 @@ class WorkerHandle:
 
     pid = 0
     host = ""  # "" for this machine
+    node = ""  # a cluster node's id ("" for this machine)
     pidfd: int | None = None
 
     def __init__(self, wid: int) -> None:
@@ -42,6 +43,9 @@ class WorkerHandle:
         self.dead = False
         self.kill_reason: BaseException | None = None  # set when we kill it on purpose
         self.kill_note = ""  # why we killed it, for its dashboard row ("stopped by interrupt")
+        # Set by a transport when this death means no worker can run any more (a cluster that
+        # is gone): every job fails with it and the pool stops.
+        self.fatal: BaseException | None = None
         self.inflight: dict[tuple[int, int], Any] = {}  # (job, chunk) -> Chunk, in send order
         self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.globals: dict[tuple[str, str], bytes] = {}  # mirror of its _worker.functions._APPLIED

@@ -285,6 +285,8 @@ class ProgressMixin(EngineState):
             return row
         row["pid"] = w.pid
         row["host"] = w.host
+        if w.node:
+            row["node"] = w.node
         stats = w.stats()
         if stats is not None:
             row["cpu"], row["rss"] = stats

@@ -55,6 +55,7 @@ class EngineState:
     _progress_concluded: Callable[[Job], None]
     _progress_started: Callable[[Job], None]
     _check_timeout: Callable[[Worker], None]
+    _engine_failed: Callable[[BaseException], None]
     _restarted_at: dict[int, tuple[float, str]]
     _slot_done: list[int]
     _failed_total: int

@@ -10,7 +10,8 @@ Behind them, one bridge thread per actor turns messages into actor calls and rep
 
   dispatcher thread          bridge thread (one per actor)                actor (Ray worker)
   ─────────────────          ─────────────────────────────                ──────────────────
-  RunChunk ── socket ──►     recv ─► actor.run.remote(msg, *buffers) ───► Runner.run_chunk()
+  RunChunk ── socket ──►     recv ─► queue ─► actor.run.remote(msg, ...) ► Runner.run_chunk()
+                             (one run call in flight: the next when its reply is here)
                              ray.wait(run refs, poll ref, 20 ms)            (the same code as
                              every 0.1 s while busy: actor.poll.remote() ─►  a local worker's)
   slot (which item) ◄─────── slot, CPU, RSS  ◄── poll reply ◄──────────── fd 1/2 are pipes:
@@ -29,6 +30,7 @@ death is seen (``RayActorError``).
 from __future__ import annotations
 
 import array
+import collections
 import contextlib
 import os
 import socket
@@ -63,6 +65,8 @@ POLL_BUSY_S = 0.1  # how often a busy actor is asked which item it is on (and it
 POLL_IDLE_S = 1.0  # ... and an idle one, for its CPU and memory
 DEATH_WAIT_S = 5.0  # how long a stopped worker's reap waits for Ray to free its CPU
 RESOURCE_WAIT_S = 3.0  # how long Pool() waits for CPUs a pool just stopped to come back
+POLL_TIMEOUT_S = 10.0  # a poll that takes longer: the actor (or Ray) is not answering
+BRIDGE_JOIN_S = 10.0  # reap's wait for a bridge thread (blocked in Ray at worst)
 WAIT_S = 0.02  # the bridge's wait for replies, between looks at the dispatcher's messages
 
 
@@ -308,6 +312,14 @@ class RayWorker(WorkerHandle):
         self._rss: int | None = None
         self._death = ""
         self._stopped = False
+        self._queued: collections.deque[tuple[Any, Any, list[Any]]] = collections.deque()
+        self._gcs = _gcs_address(ray)
+        lost = _LOST.get(self._gcs)
+        if lost is not None:  # no new actor on a cluster that is gone: the job fails now
+            raise ClusterConnectionError(
+                f"lost the Ray cluster at {self._gcs}: it no longer answers ({lost}). Start "
+                "a new pool once it is back."
+            )
         self.actor = _actor_class(ray).options(num_cpus=1, max_restarts=0).remote()
         self._thread = threading.Thread(
             target=self._bridge, name=f"nbpool-ray-bridge-{wid}", daemon=True
@@ -318,13 +330,19 @@ class RayWorker(WorkerHandle):
 
     def _stop(self) -> None:
         self._stopped = True
+        # In a thread of its own: with the cluster gone, ray.kill can block, and a stop must
+        # never hold the dispatcher or terminate().
+        threading.Thread(target=self._kill_actor, name="nbpool-ray-kill", daemon=True).start()
+
+    def _kill_actor(self) -> None:
         with contextlib.suppress(Exception):
             self._ray.kill(self.actor, no_restart=True)
 
     def reap(self) -> int | None:
         self._stop()
-        self._thread.join(30)
-        self._await_death(DEATH_WAIT_S)  # its CPU is free for the next pool when we return
+        self._thread.join(BRIDGE_JOIN_S)
+        if not _LOST:
+            self._await_death(DEATH_WAIT_S)  # its CPU is free for the next pool when we return
         self.ch.close()
         for fd in list(self.out_fds):
             with contextlib.suppress(OSError):
@@ -364,6 +382,13 @@ class RayWorker(WorkerHandle):
         gone = False  # a poll failed: the actor is dead or dying
         try:
             while True:
+                if not runs and self._queued:
+                    # One call at a time: the next chunk goes once the previous reply is here.
+                    # A reply still in flight when the actor dies is lost with it (Ray fails
+                    # that call too), which would charge the death to an item that had
+                    # finished. The gap costs one round trip per chunk; chunks are ~0.2 s.
+                    method, msg, buffers = self._queued.popleft()
+                    runs.append(method.remote(msg, *buffers))
                 if not runs:
                     if shutdown:
                         return
@@ -373,16 +398,24 @@ class RayWorker(WorkerHandle):
                     elif not self._try_poll(self.actor.poll.remote()):
                         raise EOFError  # died while idle: the dispatcher replaces it
                     continue
-                waiting = runs[:1] + ([poll_ref] if poll_ref is not None else [])
-                ready, _ = ray.wait(waiting, num_returns=1, timeout=WAIT_S)
-                if poll_ref is not None and (poll_ref in ready or runs[0] in ready):
-                    # (before the chunk's reply: its output comes before the chunk's last words)
-                    gone = not self._try_poll(poll_ref)
-                    poll_ref = None
-                if runs[0] in ready:
-                    # A dead actor fails this get only if this very call died with it: the
-                    # calls it finished before are delivered first, as a local worker's are.
-                    self._deliver(ray.get(runs.pop(0)))
+                if poll_ref is None:
+                    # The common short call: one get, not a wait and then a get (~0.1 ms).
+                    try:
+                        self._deliver(ray.get(runs[0], timeout=WAIT_S))
+                        runs.pop(0)
+                    except ray.exceptions.GetTimeoutError:
+                        pass
+                else:
+                    ready, _ = ray.wait([runs[0], poll_ref], num_returns=1, timeout=WAIT_S)
+                    if ready:
+                        # (before the chunk's reply: its output comes before its last words)
+                        gone = not self._try_poll(poll_ref)
+                        poll_ref = None
+                    if runs[0] in ready:
+                        # A dead actor fails this get only if this very call died with it:
+                        # the calls it finished before are delivered first, as a local
+                        # worker's are.
+                        self._deliver(ray.get(runs.pop(0)))
                 if gone:
                     continue  # no more polls: the next run ref tells how it ended
                 if runs and poll_ref is None and time.monotonic() - last_poll >= POLL_BUSY_S:
@@ -395,6 +428,15 @@ class RayWorker(WorkerHandle):
         except Exception as exc:  # the actor died (RayActorError and kin), or Ray is gone
             if not self._stopped:
                 self._death = _describe_death(exc)
+                if not _reachable(self._gcs):
+                    _LOST[self._gcs] = self._death
+                    _disconnect(ray)
+                    self._death = f"the Ray cluster at {self._gcs} no longer answers"
+                    self.fatal = ClusterConnectionError(
+                        f"lost the Ray cluster at {self._gcs}: it no longer answers "
+                        f"({_LOST[self._gcs]}). The job failed and the pool stopped; start a "
+                        "new pool once the cluster is back."
+                    )
         finally:
             with contextlib.suppress(Exception):
                 ray.kill(self.actor, no_restart=True)
@@ -410,9 +452,9 @@ class RayWorker(WorkerHandle):
             # The actor keeps its own import path: the kernel's may not exist on that node
             # (modules next to the notebook travel by value anyway).
             msg = Hello(msg.worker_id, (), msg.initializer, msg.log_levels)
-            runs.append(self.actor.hello.remote(msg, *buffers))
+            self._queued.append((self.actor.hello, msg, buffers))
         elif isinstance(msg, RunChunk):
-            runs.append(self.actor.run.remote(msg, *buffers))
+            self._queued.append((self.actor.run, msg, buffers))
         elif isinstance(msg, Cancel):
             self.actor.cancel.remote(msg.job_id)
         elif isinstance(msg, Shutdown):
@@ -435,7 +477,7 @@ class RayWorker(WorkerHandle):
     def _try_poll(self, ref: Any) -> bool:
         """Apply a poll's reply; False if the actor is gone."""
         try:
-            got = self._ray.get(ref)
+            got = self._ray.get(ref, timeout=POLL_TIMEOUT_S)
         except Exception as exc:
             if not self._stopped and not self._death:
                 self._death = _describe_death(exc)
@@ -464,6 +506,40 @@ class RayWorker(WorkerHandle):
                 view = view[os.write(fd, view) :]
         for record in logs:
             self._bridge_ch.send(record)
+
+
+# GCS address -> why we think that cluster is gone (its port stopped answering while an actor
+# call failed). New workers there fail at once instead of waiting on Ray.
+_LOST: dict[str, str] = {}
+
+
+def _gcs_address(ray: Any) -> str:
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:
+        return ""
+
+
+def _disconnect(ray: Any) -> None:
+    """Leave a cluster that is gone (``ray.shutdown()``, in a thread of its own). Ray ends a
+    driver process that stays connected to a lost head for 60 s: that would be the kernel."""
+
+    def shutdown() -> None:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+
+    threading.Thread(target=shutdown, name="nbpool-ray-disconnect", daemon=True).start()
+
+
+def _reachable(address: str, timeout: float = 2.0) -> bool:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return True  # unknown (Ray Client): assume it is there
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _describe_death(exc: BaseException) -> str:

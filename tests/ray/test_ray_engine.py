@@ -6,6 +6,7 @@ Ray run only (``--engines=ray``).
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -129,3 +130,86 @@ def test_an_unreachable_address_fails_fast_naming_it(ray_head):
     assert kind == "ClusterConnectionError"
     assert address in message
     assert float(seconds) < 10
+
+
+LOSE = """
+import sys, time, nbpool
+def slow(x):
+    time.sleep(0.5)
+    return x
+pool = nbpool.Pool(2, ray_address=sys.argv[1], progress=False)
+print("warm", pool.map(slow, range(2)), flush=True)
+t0 = time.monotonic()
+try:
+    pool.map(slow, range(200), 1)
+except nbpool.ClusterConnectionError as e:
+    print("failed after", round(time.monotonic() - t0, 1), "|", e, flush=True)
+t0 = time.monotonic()
+pool.terminate()
+print("terminate", round(time.monotonic() - t0, 1), flush=True)
+time.sleep(20)  # Ray ends a driver still connected to a lost head after its reconnect timeout
+print("alive", flush=True)
+"""
+
+
+def test_losing_the_cluster_fails_the_job_at_once_and_spares_the_kernel(ray_head, tmp_path):
+    """The head dies mid-job: the job fails with ClusterConnectionError within seconds,
+    terminate() returns at once, and the process (a kernel) lives on: nbpool disconnects from
+    the lost cluster, which Ray would otherwise do by ending the process."""
+    from conftest import CLUSTER_PIDS
+    from ray_head import start_ray_head, stop_ray_head
+
+    doomed = start_ray_head(num_cpus=2, driver=False)  # (the same token: it is in our env)
+    CLUSTER_PIDS.append(doomed)
+    try:
+        env = clean_env(RAY_gcs_rpc_server_reconnect_timeout_s="15")
+        with open(tmp_path / "stderr", "w") as err:
+            child = subprocess.Popen(
+                [sys.executable, "-c", LOSE, doomed.address],
+                env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+            )  # fmt: skip
+        try:
+            assert child.stdout.readline().startswith("warm")
+            time.sleep(1.0)
+            stop_ray_head(doomed, graceful=False)
+            out, _ = child.communicate(timeout=120)
+        finally:
+            child.kill()
+            child.wait(30)
+        lines = dict((line + " ").split(" ", 1) for line in out.strip().splitlines())
+        seconds, message = lines["failed"].strip().removeprefix("after ").split(" | ")
+        assert float(seconds) < 15
+        assert f"lost the Ray cluster at {doomed.address}" in message
+        assert float(lines["terminate"].strip()) < 5
+        assert "alive" in out and child.returncode == 0, (tmp_path / "stderr").read_text()[-3000:]
+    finally:
+        stop_ray_head(doomed)
+        CLUSTER_PIDS.remove(doomed)
+
+
+@pytest.mark.timeout(300)  # two nodes start one after the other (~60 s here)
+def test_two_nodes_give_two_rows_with_their_node_ids(tmp_path):
+    """A real two-node cluster, inside a network namespace this test makes (root only)."""
+    import json
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs root, unshare and ip to make a network namespace")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "two_nodes.py")
+    env = clean_env()
+    for name in (
+        "RAY_ADDRESS",
+        "RAY_AUTH_TOKEN",
+        "RAY_TMPDIR",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+    ):
+        env.pop(name, None)  # the namespace gets a cluster (and a token) of its own
+    out = subprocess.run(
+        ["unshare", "-n", "bash", "-c", f"ip link set lo up && exec {sys.executable} {script}"],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(rows) == 2
+    assert all(r["host"] == "127.0.0.1" and r["pid"] for r in rows)
+    assert len({r["node"] for r in rows}) == 2  # one actor on each node
