@@ -69,6 +69,12 @@ class FaultsMixin(EngineState):
         now = time.monotonic()
         if limit is not None and stage >= 0:
             deadline = w.slot[3] / 1e9 + limit
+            # A slot that is a copy (a cluster's worker, polled) must have been read after the
+            # deadline: an older copy may show an item that has finished since.
+            seen = w.slot_seen_at()
+            if now >= deadline and seen < deadline:
+                self._timers.call_at(now + 0.05, lambda: self._check_timeout(w))
+                return
             if now >= deadline:
                 w.kill(
                     TaskTimeoutError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import time
 
 from .._worker.protocol import STAGE_IDLE
 
@@ -81,6 +82,11 @@ class WorkerHandle:
         if self.slot[0] == chunk.job.id and self.slot[1] == chunk.chunk_id:
             return chunk, self.slot[2]
         return chunk, STAGE_IDLE  # not started on it yet
+
+    def slot_seen_at(self) -> float:
+        """When ``slot`` was last true (monotonic): now for shared memory; a transport that
+        copies it (polls) says when its copy was taken."""
+        return time.monotonic()
 
     def kill(self, reason: BaseException | None = None, note: str = "") -> None:
         if reason is not None and self.kill_reason is None:

@@ -13,7 +13,7 @@ Behind them, one bridge thread per actor turns messages into actor calls and rep
   RunChunk ── socket ──►     recv ─► queue ─► actor.run.remote(msg, ...) ► Runner.run_chunk()
                              (one run call in flight: the next when its reply is here)
                              ray.wait(run refs, poll ref, 20 ms)            (the same code as
-                             every 0.1 s while busy: actor.poll.remote() ─►  a local worker's)
+                             every 0.2 s while busy: actor.poll.remote() ─►  a local worker's)
   slot (which item) ◄─────── slot, CPU, RSS  ◄── poll reply ◄──────────── fd 1/2 are pipes:
   stdout/stderr pipes ◄───── output bytes   ◄──                           output read there
   LogRecord ◄── socket ◄──── log records    ◄──
@@ -61,13 +61,13 @@ __all__ = ["RayWorker", "check_processes", "connect"]
 
 INSTALL_HINT = "pip install 'nbpool[ray]'"
 CONNECT_TIMEOUT_S = 5.0  # a TCP check of the head's port before Ray retries it for minutes
-POLL_BUSY_S = 0.1  # how often a busy actor is asked which item it is on (and its output)
+POLL_BUSY_S = 0.2  # how often a busy actor is asked which item it is on (and its output)
 POLL_IDLE_S = 1.0  # ... and an idle one, for its CPU and memory
 DEATH_WAIT_S = 5.0  # how long a stopped worker's reap waits for Ray to free its CPU
 RESOURCE_WAIT_S = 3.0  # how long Pool() waits for CPUs a pool just stopped to come back
 POLL_TIMEOUT_S = 10.0  # a poll that takes longer: the actor (or Ray) is not answering
 BRIDGE_JOIN_S = 10.0  # reap's wait for a bridge thread (blocked in Ray at worst)
-WAIT_S = 0.02  # the bridge's wait for replies, between looks at the dispatcher's messages
+WAIT_S = 0.1  # the bridge's wait for a reply (it returns as soon as one is there)
 
 
 def _import_ray() -> Any:
@@ -310,6 +310,8 @@ class RayWorker(WorkerHandle):
         self.node = ""
         self._stats: tuple[float | None, int | None] | None = (None, None)
         self._rss: int | None = None
+        self._slot_at = 0.0  # when the copy in ``slot`` was true (see slot_seen_at)
+        self._poll_sent = 0.0
         self._death = ""
         self._stopped = False
         self._queued: collections.deque[tuple[Any, Any, list[Any]]] = collections.deque()
@@ -371,6 +373,9 @@ class RayWorker(WorkerHandle):
     def stats(self) -> tuple[float | None, int | None] | None:
         return self._stats
 
+    def slot_seen_at(self) -> float:
+        return self._slot_at
+
     # -- the bridge thread
 
     def _bridge(self) -> None:
@@ -395,7 +400,7 @@ class RayWorker(WorkerHandle):
                     # Idle: wait for the dispatcher, polling now and then for CPU and memory.
                     if readable([self._bridge_ch.fd], POLL_IDLE_S):
                         shutdown = self._take(runs) or shutdown
-                    elif not self._try_poll(self.actor.poll.remote()):
+                    elif not self._try_poll(self._new_poll()):
                         raise EOFError  # died while idle: the dispatcher replaces it
                     continue
                 if poll_ref is None:
@@ -419,7 +424,7 @@ class RayWorker(WorkerHandle):
                 if gone:
                     continue  # no more polls: the next run ref tells how it ended
                 if runs and poll_ref is None and time.monotonic() - last_poll >= POLL_BUSY_S:
-                    poll_ref = self.actor.poll.remote()
+                    poll_ref = self._new_poll()
                     last_poll = time.monotonic()
                 while readable([self._bridge_ch.fd], 0):
                     shutdown = self._take(runs) or shutdown
@@ -428,6 +433,10 @@ class RayWorker(WorkerHandle):
         except Exception as exc:  # the actor died (RayActorError and kin), or Ray is gone
             if not self._stopped:
                 self._death = _describe_death(exc)
+                # Our copy of its slot may be a poll old: which item killed it is not known
+                # for sure. The dispatcher then runs the chunk's items again one by one, and
+                # the culprit fails alone (as for a local worker's untracked items).
+                self.slot[2] = STAGE_IDLE
                 if not _reachable(self._gcs):
                     _LOST[self._gcs] = self._death
                     _disconnect(ray)
@@ -474,6 +483,10 @@ class RayWorker(WorkerHandle):
         if isinstance(reply, InitFailed):
             raise EOFError  # the worker is over, as a local one exits after InitFailed
 
+    def _new_poll(self) -> Any:
+        self._poll_sent = time.monotonic()
+        return self.actor.poll.remote()
+
     def _try_poll(self, ref: Any) -> bool:
         """Apply a poll's reply; False if the actor is gone."""
         try:
@@ -495,6 +508,7 @@ class RayWorker(WorkerHandle):
             started = started - their_now + time.monotonic_ns()
         self.slot[3] = started
         self.slot[0], self.slot[1], self.slot[2] = job, chunk, stage
+        self._slot_at = self._poll_sent  # (the actor read its slot after we asked)
         self._stats = (cpu, rss)
         self._rss = rss
         self._write_output(out, err, logs)

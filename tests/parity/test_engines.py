@@ -98,6 +98,12 @@ def test_a_dead_worker_fails_only_its_item_and_the_pool_goes_on(engine, tmp_path
         assert err.host == ("127.0.0.1" if engine else "")
         assert pool.map(f.sq, range(4)) == [0, 1, 4, 9]
         assert set(pool._engine.worker_pids()) != before  # the dead one was replaced
+        # in a chunk of several items too (on Ray the items then run again one by one: which
+        # one was running is known for sure only from a fresh poll)
+        r = pool.map_async(functools.partial(f.die_at, bad=5, seconds=0.05), range(12), 4)
+        with pytest.raises(nbpool.WorkerLostError) as info:
+            r.get(60)
+        assert info.value.index == 5
     with nbpool.Pool(2, retries=1, **engine) as pool:
         items = [(i, str(tmp_path / f"marker{i}")) for i in range(2)]
         assert pool.map(f.die_once, items, 1) == [0, 1]  # each died once, ran again
