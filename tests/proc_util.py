@@ -33,3 +33,15 @@ def wait_gone(pids: list[int], timeout: float = 5) -> list[int]:
         time.sleep(0.05)
         left = [p for p in left if alive(p)]
     return left
+
+
+def run_python(code: str, timeout: float = 60) -> str:
+    """Run ``code`` in a fresh interpreter; its stdout, stripped (fails on a non-zero exit)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()

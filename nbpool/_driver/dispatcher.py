@@ -340,8 +340,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
     def _engine_failed(self, exc: BaseException) -> None:
         """No worker can be started any more: every job fails with ``exc``, the pool stops."""
         for job in list(self._jobs.values()):
-            job.failed_fn = True
-            job.sink._abort(exc)
+            _fail_job(job, exc)
         self._terminating = True
 
     def _respawn(self) -> None:

@@ -112,7 +112,7 @@ class InboxMixin(EngineState):
             self._retire(w)
 
     def _rebuild(self, w: Worker, f: ItemFailure) -> BaseException:
-        header = f"{w.label.capitalize()} raised while running item {f.index}:"
+        header = f"{w.label[0].upper()}{w.label[1:]} raised while running item {f.index}:"
         return rebuild_exception(f.error, f.tb, f.type_name, f.message, header, f.lost)
 
     def _on_chunk_load_failed(self, chunk: Chunk, msg: ChunkLoadFailed) -> None:

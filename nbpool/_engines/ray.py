@@ -32,8 +32,10 @@ from __future__ import annotations
 import array
 import collections
 import contextlib
+import functools
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -52,6 +54,7 @@ from .._worker.protocol import (
     channel_pair,
     readable,
 )
+from .._worker.runner import Runner, flush_std
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -80,24 +83,38 @@ def _import_ray() -> Any:
     return ray
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` (or ``scheme://host:port``) split, or None if it is not one."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
+def _connect_error(address: str, timeout: float) -> OSError | None:
+    """Why nothing answers at ``address`` within ``timeout`` (a TCP connect), or None."""
+    target = _host_port(address)
+    if target is None:
+        return None  # not host:port: nothing to check
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc
+
+
 def _check_reachable(address: str) -> None:
     """Fail within CONNECT_TIMEOUT_S naming the address if nothing listens there (Ray itself
     would retry for minutes)."""
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
+    if _host_port(address) is None:
         raise ValueError(
             f"ray_address={address!r} is not an address: give 'host:port' (a Ray head), "
             "'ray://host:port' (Ray Client), 'auto' (a head on this machine) or 'local'"
         )
-    try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as exc:
+    exc = _connect_error(address, CONNECT_TIMEOUT_S)
+    if exc is not None:
         raise ClusterConnectionError(
             f"cannot reach a Ray head at {address}: {exc}. Is the head running "
             "(`ray start --head ...`), and is this the address it printed?"
-        ) from None
+        )
 
 
 def connect(address: str | None) -> Any:
@@ -178,10 +195,6 @@ class _ActorImpl:
     """
 
     def __init__(self) -> None:
-        import sys
-
-        from .._worker.runner import Runner
-
         # fd 1 and 2 become pipes that poll() drains: print(), C code and subprocesses all
         # reach the caller through nbpool, and none of it goes to Ray's logs (printed twice).
         self._pipes = []
@@ -190,10 +203,7 @@ class _ActorImpl:
             os.dup2(w, fd)
             os.close(w)
             os.set_blocking(r, False)
-            with contextlib.suppress(OSError):  # room for a burst between two polls
-                import fcntl
-
-                fcntl.fcntl(r, 1031, 1 << 20)  # F_SETPIPE_SZ
+            _enlarge(r)  # room for a burst between two polls
             self._pipes.append(r)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -207,8 +217,6 @@ class _ActorImpl:
         self._host = ""
 
     def _drain(self) -> tuple[bytes, bytes, list[Any]]:
-        from .._worker.runner import flush_std
-
         flush_std()
         out = []
         with self._io_lock:
@@ -229,13 +237,12 @@ class _ActorImpl:
     def hello(self, hello: Hello, *buffers: Any) -> tuple[Any, list[Any], tuple[Any, ...]]:
         import ray
 
-        ctx = ray.get_runtime_context()
         host = self._host = ray.util.get_node_ip_address()
+        node = ray.get_runtime_context().get_node_id()
         reply = self._runner.hello(
-            hello, list(buffers), os.getpid(), os.getppid(), self._sentinel_r, host
+            hello, list(buffers), os.getpid(), os.getppid(), self._sentinel_r, host, node
         )
-        node = ctx.get_node_id()
-        return reply, [node], self._drain()
+        return reply, [], self._drain()
 
     def run(self, msg: RunChunk, *buffers: Any) -> tuple[Any, list[Any], tuple[Any, ...]]:
         reply, out = self._runner.run_chunk(msg, list(buffers))
@@ -263,26 +270,17 @@ class _ActorImpl:
         self._runner.cancelled.add(job_id)
 
 
-_ACTOR_CLASS: dict[str, Any] = {}
-
-
+@functools.cache
 def _actor_class(ray: Any) -> Any:
-    cls = _ACTOR_CLASS.get("cls")
-    if cls is None:
-        groups = {"run": 1, "ctl": 1}
-        methods = {
-            "hello": "run",
-            "run": "run",
-            "poll": "ctl",
-            "cancel": "ctl",
-        }
-        ns = {}
-        for name, group in methods.items():
-            ns[name] = ray.method(concurrency_group=group)(getattr(_ActorImpl, name))
-        body = type("NbpoolWorker", (_ActorImpl,), ns)
-        body.__module__ = __name__
-        cls = _ACTOR_CLASS["cls"] = ray.remote(concurrency_groups=groups)(body)
-    return cls
+    """The actor class, made once: each method in its concurrency group."""
+    groups = {"hello": "run", "run": "run", "poll": "ctl", "cancel": "ctl"}
+    ns = {
+        name: ray.method(concurrency_group=group)(getattr(_ActorImpl, name))
+        for name, group in groups.items()
+    }
+    body = type("NbpoolWorker", (_ActorImpl,), ns)
+    body.__module__ = __name__
+    return ray.remote(concurrency_groups={"run": 1, "ctl": 1})(body)
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -300,16 +298,12 @@ class RayWorker(WorkerHandle):
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         for fd in (out_r, err_r):
-            with contextlib.suppress(OSError):  # room for a burst the dispatcher reads later
-                import fcntl
-
-                fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ
+            _enlarge(fd)  # room for a burst the dispatcher reads later
         self.out_fds = {out_r: "stdout", err_r: "stderr"}
         self._out_w = {1: out_w, 2: err_w}
         self.slot = memoryview(array.array("q", [0, 0, STAGE_IDLE, 0]))
         self.node = ""
-        self._stats: tuple[float | None, int | None] | None = (None, None)
-        self._rss: int | None = None
+        self._stats: tuple[float | None, int | None] = (None, None)  # CPU %, RSS: last poll
         self._slot_at = 0.0  # when the copy in ``slot`` was true (see slot_seen_at)
         self._poll_sent = 0.0
         self._death = ""
@@ -331,6 +325,8 @@ class RayWorker(WorkerHandle):
     # -- WorkerHandle
 
     def _stop(self) -> None:
+        if self._stopped:  # (kill() then reap(): one kill is enough)
+            return
         self._stopped = True
         # In a thread of its own: with the cluster gone, ray.kill can block, and a stop must
         # never hold the dispatcher or terminate().
@@ -368,7 +364,7 @@ class RayWorker(WorkerHandle):
         return self._death or "its actor was stopped"
 
     def rss(self) -> int | None:
-        return self._rss
+        return self._stats[1]
 
     def stats(self) -> tuple[float | None, int | None] | None:
         return self._stats
@@ -437,7 +433,7 @@ class RayWorker(WorkerHandle):
                 # for sure. The dispatcher then runs the chunk's items again one by one, and
                 # the culprit fails alone (as for a local worker's untracked items).
                 self.slot[2] = STAGE_IDLE
-                if not _reachable(self._gcs):
+                if _connect_error(self._gcs, timeout=2.0) is not None:
                     _LOST[self._gcs] = self._death
                     _disconnect(ray)
                     self._death = f"the Ray cluster at {self._gcs} no longer answers"
@@ -473,9 +469,7 @@ class RayWorker(WorkerHandle):
     def _deliver(self, got: tuple[Any, list[Any], tuple[Any, ...]]) -> None:
         reply, buffers, (out, err, logs) = got
         if isinstance(reply, Ready):
-            self.pid, self.host = reply.pid, reply.host
-            (self.node,) = buffers
-            buffers = []
+            self.pid, self.host, self.node = reply.pid, reply.host, reply.node
         self._write_output(out, err, logs)
         self._bridge_ch.send(reply, buffers)
         if isinstance(reply, ChunkDone):
@@ -510,7 +504,6 @@ class RayWorker(WorkerHandle):
         self.slot[0], self.slot[1], self.slot[2] = job, chunk, stage
         self._slot_at = self._poll_sent  # (the actor read its slot after we asked)
         self._stats = (cpu, rss)
-        self._rss = rss
         self._write_output(out, err, logs)
 
     def _write_output(self, out: bytes, err: bytes, logs: list[Any]) -> None:
@@ -545,15 +538,12 @@ def _disconnect(ray: Any) -> None:
     threading.Thread(target=shutdown, name="nbpool-ray-disconnect", daemon=True).start()
 
 
-def _reachable(address: str, timeout: float = 2.0) -> bool:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return True  # unknown (Ray Client): assume it is there
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def _enlarge(fd: int) -> None:
+    """A 1 MiB pipe buffer (F_SETPIPE_SZ, Linux), where allowed."""
+    with contextlib.suppress(OSError):
+        import fcntl
+
+        fcntl.fcntl(fd, 1031, 1 << 20)
 
 
 def _describe_death(exc: BaseException) -> str:

@@ -100,7 +100,8 @@ class Shutdown(Message):
 class Ready(Message):
     worker_id: int
     pid: int
-    host: str = ""  # a cluster node's name; "" for this machine
+    host: str = ""  # a cluster node's address; "" for this machine
+    node: str = ""  # a cluster node's id; "" for this machine
 
 
 class LogRecord(Message):

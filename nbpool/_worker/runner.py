@@ -153,7 +153,14 @@ class Runner:
         self._send_log = send_log
 
     def hello(
-        self, hello: Hello, buffers: list[Any], pid: int, parent: int, lifeline: int, host: str = ""
+        self,
+        hello: Hello,
+        buffers: list[Any],
+        pid: int,
+        parent: int,
+        lifeline: int,
+        host: str = "",
+        node: str = "",
     ) -> InitFailed | Ready:
         """Set up from the first message; run the initializer. ``InitFailed``: exit after it."""
         wid = self.wid = hello.worker_id
@@ -175,7 +182,7 @@ class Runner:
                 flush_std()
                 return InitFailed(wid, data, text, lost)
         flush_std()  # what the initializer printed is out before Ready (see _driver.inbox)
-        return Ready(wid, pid, host)
+        return Ready(wid, pid, host, node)
 
     def run_chunk(self, msg: RunChunk, buffers: list[Any]) -> tuple[Any, list[Any]]:
         """The reply to a ``RunChunk`` and its buffers (the pickled results)."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from proc_util import run_python
 
 import nbpool
 from nbpool._backends import choose
@@ -59,6 +57,4 @@ def test_without_ray_installed_the_error_names_the_extra():
         "except nbpool.BackendUnavailableError as e:\n"
         "    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "pip install 'nbpool[ray]'" in out.stdout
+    assert "pip install 'nbpool[ray]'" in run_python(code)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from proc_util import run_python
 
 import nbpool
 
@@ -46,9 +44,7 @@ def test_import_is_light():
         " 'psutil', 'dill', 'ipykernel', 'tqdm']\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert run_python(code) == "[]"
 
 
 def test_the_local_engine_never_imports_a_cluster_engine():
@@ -59,9 +55,7 @@ def test_the_local_engine_never_imports_a_cluster_engine():
         "cluster = ['ray', 'dask', 'distributed', 'nbpool._engines.ray']\n"
         "print(sorted(m for m in cluster if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert run_python(code) == "[]"
 
 
 def test_error_tree():
@@ -90,9 +84,7 @@ def test_worker_imports_stay_small():
         "print(sorted(m for m in ['multiprocessing', 'nbpool._pool', 'nbpool._driver.dispatcher',"
         " 'subprocess', 'cloudpickle', 'dill'] if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert run_python(code) == "[]"
 
 
 def test_map_over_dict_set_and_deque():
