@@ -25,6 +25,7 @@ START_TIMEOUT_S = 90
 @dataclass
 class RayHead:
     address: str  # "127.0.0.1:PORT"
+    client_address: str  # "ray://127.0.0.1:PORT" (Ray Client)
     pid: int
     tmp: str
     log: str
@@ -66,7 +67,7 @@ def start_ray_head(num_cpus: int = 2, multi_node: bool = False, driver: bool = T
     if driver:
         os.environ.update(env)
         os.environ.pop("RAY_ADDRESS", None)
-    port = _free_port()
+    port, client_port = _free_port(), _free_port()
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     log = os.path.join(tmp, "head.log")
     with open(log, "wb") as out:
@@ -74,7 +75,8 @@ def start_ray_head(num_cpus: int = 2, multi_node: bool = False, driver: bool = T
             [
                 ray_bin, "start", "--head", "--block", f"--port={port}",
                 "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-                "--include-dashboard=false", "--object-store-memory=100000000",
+                f"--ray-client-server-port={client_port}", "--include-dashboard=false",
+                "--object-store-memory=100000000",
                 f"--temp-dir={tmp}", "--disable-usage-stats",
             ],
             env={**os.environ, **env},
@@ -83,7 +85,7 @@ def start_ray_head(num_cpus: int = 2, multi_node: bool = False, driver: bool = T
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-    head = RayHead(f"127.0.0.1:{port}", proc.pid, tmp, log, proc)
+    head = RayHead(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", proc.pid, tmp, log, proc)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         with open(log, "rb") as fh:

@@ -143,19 +143,38 @@ def connect(address: str | None) -> Any:
     if address not in (None, "local", "auto"):
         _check_reachable(address)
         kwargs["address"] = address
-    elif address == "auto":
-        kwargs["address"] = "auto"
+    elif address in ("auto", "local"):
+        # "local": always a new private instance (with no address, ray.init joins a cluster
+        # that `ray start` left running on this machine)
+        kwargs["address"] = address
     try:
         ray.init(**kwargs)
     except Exception as exc:
         text = str(exc)
-        if "Version mismatch" in text or "version mismatch" in text:
-            raise ClusterConnectionError(
-                f"the Ray cluster at {address} runs another version of Ray or Python than this "
-                f"kernel; install the same versions on both sides ({text.splitlines()[0]})"
-            ) from exc
+        if "version mismatch" in text.lower():
+            raise ClusterConnectionError(_mismatch(address, text)) from exc
         raise ClusterConnectionError(f"could not connect to Ray at {address}: {text}") from exc
     return ray
+
+
+def _mismatch(address: str | None, text: str) -> str:
+    """Ray's version-mismatch report (two indented blocks, cluster then this process) in one
+    sentence."""
+    import re
+
+    found = re.findall(r"Ray: (\S+)\s+Python: (\S+)", text)
+    if len(found) != 2:
+        return (
+            f"the Ray cluster at {address} runs another version of Ray or Python than this "
+            f"kernel; install the same versions on both sides. Ray said: {text.strip()}"
+        )
+    (ray_there, py_there), (ray_here, py_here) = found
+    return (
+        f"the Ray cluster at {address} runs Ray {ray_there} on Python {py_there}, but this "
+        f"kernel has Ray {ray_here} on Python {py_here}: Ray needs the same versions of both "
+        f"on each side, so run this notebook in an environment with ray=={ray_there} and "
+        f"Python {py_there} (or restart the cluster with this kernel's versions)"
+    )
 
 
 def check_processes(ray: Any, processes: int | None, address: str | None) -> int:

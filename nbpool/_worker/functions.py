@@ -33,6 +33,7 @@ Cells
 
 from __future__ import annotations
 
+import functools
 import pickle
 import sys
 import types
@@ -138,6 +139,13 @@ def _cloudpickler() -> Any:
             super().__init__(file, **kw)
             self._nb_found = found
 
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is types.ModuleType:
+                name = obj.__name__
+                if name != "__main__" and by_value_module(name):
+                    return _module_reduce(obj)
+            return super().reducer_override(obj)
+
         def _dynamic_function_reduce(self, func: Any) -> Any:
             rv = super()._dynamic_function_reduce(func)
             module = func.__module__
@@ -196,6 +204,35 @@ def _pickle_with(serializer: str, obj: Any, found: _Collect, buffer_callback: An
     buf = io.BytesIO()
     cls(buf, found, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return buf.getvalue()
+
+
+_CODE = (types.FunctionType, type, functools._lru_cache_wrapper)
+
+
+def _module_reduce(mod: types.ModuleType) -> Any:
+    """A module next to the notebook, used as an object (``helpers.f(x)`` in a lambda): its
+    functions and classes travel by value, as they would on their own, and its constants, so
+    that a worker that cannot import it (a cluster's) gets a namespace the code can use."""
+    name = mod.__name__
+    code: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    for key, value in vars(mod).items():
+        # (an lru_cache wrapper has its function's __module__)
+        if getattr(value, "__module__", None) == name and isinstance(value, _CODE):
+            code[key] = value
+        elif isinstance(value, _IMMUTABLE) and not key.startswith("__"):
+            data[key] = value
+    return _load_module, (name, code, data)
+
+
+def _load_module(name: str, code: dict[str, Any], data: dict[str, Any]) -> types.ModuleType:
+    """The worker's ``sys.modules[name]`` with the kernel's code in it. A constant the worker
+    already has stays (an initializer may have set it)."""
+    ns = namespace_of(name)
+    ns.update(code)
+    for key, value in data.items():
+        ns.setdefault(key, value)
+    return sys.modules[name]
 
 
 # ----------------------------------------------------------------------------- function cache

@@ -546,3 +546,26 @@ def test_dill_gives_a_module_function_the_same_globals_on_every_call():
     assert dumps_fn(f.read_state, "dill").globals == dumps_fn(f.read_state, "dill").globals == ()
     with nbpool.Pool(1, initializer=f.init_state, initargs=(5,), serializer="dill") as pool:
         assert [pool.apply(f.read_state) for _ in range(3)] == [5, 5, 5]
+
+
+MODULE_AS_OBJECT = """
+import helpers, nbpool
+exec("def f(x):\\n    return ('kernel', x, K)", helpers.__dict__)  # edited in the kernel only
+with nbpool.Pool(1) as pool:
+    print(pool.map(lambda x: helpers.f(x) + (helpers.K, helpers.Box().size), [1]))
+"""
+
+
+def test_a_module_next_to_the_notebook_used_as_an_object_runs_the_kernels_code(tmp_path):
+    """``lambda x: helpers.f(x)``: the worker gets the kernel's ``helpers`` (its functions,
+    classes and constants), not the file on disk, and not an empty module on a node that has
+    no such file (the Ray parity suite's lambdas read ``nbfuncs`` this way)."""
+    (tmp_path / "helpers.py").write_text(
+        "K = 3\n\ndef f(x):\n    return ('disk', x, K)\n\nclass Box:\n    size = 9\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", MODULE_AS_OBJECT],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[('kernel', 1, 3, 3, 9)]"

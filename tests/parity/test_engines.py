@@ -6,6 +6,7 @@ The core run (``make test``'s first pytest) runs them on the local engine only; 
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import signal
@@ -70,6 +71,16 @@ def test_notebook_code_lambdas_closures_and_classes(engine):
 def test_initializer_runs_per_worker_and_sets_what_tasks_see(engine):
     with nbpool.Pool(2, initializer=f.init_state, initargs=(42,), **engine) as pool:
         assert pool.map(f.read_state, range(6), 1) == [42] * 6
+
+
+def test_maxtasksperchild_counts_items_and_a_new_worker_runs_the_initializer(engine):
+    with nbpool.Pool(
+        2, maxtasksperchild=2, initializer=f.init_state, initargs=(7,), **engine
+    ) as pool:
+        got = pool.map(lambda x: (f.pid(), f.read_state()), range(8), 1)
+    pids = collections.Counter(pid for pid, _ in got)
+    assert sorted(pids.values()) == [2, 2, 2, 2]  # four workers, two items each
+    assert {state for _, state in got} == {7}
 
 
 def test_a_task_exception_keeps_its_type_and_the_remote_traceback(engine):

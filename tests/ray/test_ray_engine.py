@@ -132,6 +132,110 @@ def test_an_unreachable_address_fails_fast_naming_it(ray_head):
     assert float(seconds) < 10
 
 
+CLIENT = """
+import sys, nbpool
+with nbpool.Pool(2, ray_address=sys.argv[1], progress=False) as pool:
+    print(pool.backend, pool.address)
+    print(pool.map(lambda x: x * x, range(6)))
+    pool.apply(print, ("hello from an actor",))
+"""
+
+
+def test_ray_client_address_runs_the_same_pool(ray_head):
+    """``ray://`` (Ray Client, how a laptop outside the cluster connects): the same pool, its
+    output in the caller, and no actor left once it ends."""
+    env = clean_env()
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT, ray_head.client_address],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == f"ray {ray_head.client_address}"
+    assert lines[1] == "[0, 1, 4, 9, 16, 25]"
+    assert lines[2].startswith("[w") and lines[2].endswith("on 127.0.0.1] hello from an actor")
+    assert _wait_for(lambda: _alive_actors() == 0)
+
+
+LOCAL = """
+import json, psutil, nbpool
+pool = nbpool.Pool(2, ray_address="local", progress=False)
+print(pool.backend, pool.address, pool.map(abs, [-1, -2]))
+me = psutil.Process()
+ray_pids = [p.pid for p in me.children(recursive=True)]
+listening = {
+    c.laddr.ip for p in [me] + me.children(recursive=True)
+    for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN
+}
+pool.terminate()
+print(json.dumps([ray_pids, sorted(listening)]))
+"""
+
+
+def test_local_starts_a_private_ray_on_loopback_and_leaves_nothing(ray_head):
+    """``ray_address="local"``: a new private Ray instance (not the session's head, though
+    one is running here), listening on loopback only, gone when the process ends."""
+    import json
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="nbrl", dir="/tmp")  # short: Ray's socket paths are long
+    try:
+        env = clean_env(RAY_TMPDIR=tmp)
+        out = subprocess.run(
+            [sys.executable, "-c", LOCAL], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        first, last = out.stdout.strip().splitlines()[0], out.stdout.strip().splitlines()[-1]
+        assert first == "ray local [1, 2]"
+        ray_pids, listening = json.loads(last)
+        assert ray_pids and set(ray_pids).isdisjoint(ray_head.descendants())
+        assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening)
+        assert _wait_for(lambda: not any(psutil.pid_exists(p) for p in ray_pids), 30)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+MISMATCH = """
+import sys, ray, nbpool
+{change}
+try:
+    nbpool.Pool(ray_address=sys.argv[1])
+except nbpool.ClusterConnectionError as e:
+    print(e)
+"""
+
+
+@pytest.mark.parametrize(
+    "change, here",
+    [
+        ('ray.__version__ = "2.0.0"', "Ray 2.0.0 on Python {py}"),
+        ('sys.version_info = (3, 11, 99, "final", 0)', "Ray {ray} on Python 3.11.99"),
+    ],
+)
+def test_a_version_mismatch_is_one_clear_sentence(ray_head, change, here):
+    """Ray's own version check runs for real against the head; what this driver says it runs
+    is changed (installing a second Ray or Python here would cost minutes)."""
+    import platform
+
+    import ray
+
+    env = clean_env()
+    code = MISMATCH.format(change=change)
+    out = subprocess.run(
+        [sys.executable, "-c", code, ray_head.address],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    message = out.stdout.strip()
+    py = platform.python_version()
+    assert message.startswith(
+        f"the Ray cluster at {ray_head.address} runs Ray {ray.__version__} on Python {py}, "
+        f"but this kernel has {here.format(py=py, ray=ray.__version__)}: "
+    )
+    assert f"ray=={ray.__version__}" in message and "\n" not in message
+
+
 LOSE = """
 import sys, time, nbpool
 def slow(x):
