@@ -15,7 +15,7 @@ PIP_FLAGS := -q --disable-pip-version-check
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) -U pip
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench,ray]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench,ray,dask]'
 	touch $@
 
 lint: $(BIN)/.installed
@@ -28,10 +28,12 @@ typecheck: $(BIN)/.installed
 unit: $(BIN)/.installed browser-deps
 	$(BIN)/pytest
 
-# The engine parity suite on a real Ray head (started on 127.0.0.1 by the tests), and the
-# Ray engine's own tests: a pytest run of their own, so the core run never imports Ray.
+# The engine parity suite on a real Ray head and on a real Dask cluster (each started on
+# 127.0.0.1 by the tests), with each engine's own tests: one pytest run per engine, so the
+# core run never imports Ray or Dask, and neither imports the other.
 engines: $(BIN)/.installed
 	$(BIN)/pytest -p no:cacheprovider tests/parity tests/ray --engines=ray
+	$(BIN)/pytest -p no:cacheprovider tests/parity tests/dask --engines=dask
 
 # The browser tests (tests/browser) drive Debian's Chromium through Playwright. We install the
 # distribution's package rather than `playwright install`, which downloads its own browser build.

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._driver.dispatcher import Engine
+    from ._driver.handle import WorkerHandle
     from ._errors import PoolClosedError
     from ._jobs import IteratorSource, Job, SequenceSource
     from ._results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
@@ -127,15 +128,23 @@ class Pool:
             Without it, ``NBPOOL_ADDRESS`` and then ``RAY_ADDRESS`` in the environment do the
             same, so a notebook moves to a cluster with no code change. Needs
             ``pip install 'nbpool[ray]'``.
-        backend: ``"ray"`` runs on Ray even without an address (the connection ``ray.init``
-            made, else as above); ``"local"`` runs on this machine whatever the environment
-            says; ``None`` (default) decides from ``ray_address`` and the environment.
+        address: run the workers on a Dask cluster: ``"tcp://host:port"`` (or ``tls://``) of
+            its scheduler, or a ``distributed.Client``. Each worker takes one Dask worker
+            thread; ``processes`` defaults to the free threads, and more is a ``ValueError``.
+            ``DASK_SCHEDULER_ADDRESS`` in the environment does the same. Needs
+            ``pip install 'nbpool[dask]'``.
+        backend: ``"ray"`` / ``"dask"`` runs on that engine even without an address (the
+            connection ``ray.init`` made, the current ``distributed.Client``); ``"local"``
+            runs on this machine whatever the environment says; ``None`` (default) decides
+            from ``address``, ``ray_address`` and the environment (see ``docs/clusters.md``).
 
     Example::
 
         with Pool(4) as pool:                               # this machine's cores
             squares = pool.map(lambda x: x * x, range(10))
         with Pool(ray_address="10.0.0.5:6379") as pool:     # a Ray cluster, same code
+            squares = pool.map(lambda x: x * x, range(10))
+        with Pool(address="tcp://10.0.0.5:8786") as pool:   # a Dask cluster, same code
             squares = pool.map(lambda x: x * x, range(10))
     """
 
@@ -153,6 +162,7 @@ class Pool:
         max_memory_per_worker: int | str | None = None,
         progress: bool | str = "auto",
         ray_address: str | None = None,
+        address: Any = None,
         backend: str | None = None,
     ) -> None:
         self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
@@ -163,13 +173,20 @@ class Pool:
             raise TypeError(f"processes must be an int or None, not {processes!r}")
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
-        self.backend, self.address = choose(backend, ray_address)
-        ray = None
+        self.backend, self.address = choose(backend, ray_address, address)
+        new_worker: Callable[[int], WorkerHandle] | None = None
         if self.backend == "ray":
             from ._engines import ray as _ray
 
             ray = _ray.connect(self.address)
             processes = _ray.check_processes(ray, processes, self.address)
+            new_worker = functools.partial(_ray.RayWorker, ray=ray)
+        elif self.backend == "dask":
+            from ._engines import dask as _dask
+
+            client, self.address = _dask.connect(self.address)
+            processes = _dask.check_processes(client, processes, self.address)
+            new_worker = functools.partial(_dask.DaskWorker, client=client, address=self.address)
         elif processes is None:
             processes = os.cpu_count() or 1
         if maxtasksperchild is not None and (
@@ -213,11 +230,6 @@ class Pool:
         init_output = capture_target()  # the initializer's output goes to this cell
         lifeline = os.pipe()
         started: list[Worker] = []
-        new_worker = None
-        if ray is not None:
-            from ._engines.ray import RayWorker
-
-            new_worker = functools.partial(RayWorker, ray=ray)
         try:
             if new_worker is None:
                 started.extend(Worker(i, lifeline[0]) for i in range(processes))
@@ -341,7 +353,7 @@ class Pool:
 
     def __repr__(self) -> str:
         state = {_RUN: "running", _CLOSE: "closed", _TERMINATE: "terminated"}[self._state]
-        where = "" if self.backend == "local" else f" ray={self.address or 'connected'}"
+        where = "" if self.backend == "local" else f" {self.backend}={self.address or 'connected'}"
         return f"<nbpool.Pool state={state} processes={self._processes}{where}>"
 
     def __reduce__(self) -> Any:

@@ -24,8 +24,8 @@ def pytest_addoption(parser):
     parser.addoption(
         "--engines",
         default="local",
-        help="engines the parity tests run on, comma-separated: local, ray (default: local). "
-        "tests/ray runs only when ray is among them.",
+        help="engines the parity tests run on, comma-separated: local, ray, dask (default: "
+        "local). tests/ray and tests/dask run only when their engine is among them.",
     )
 
 
@@ -34,9 +34,9 @@ def _engines(config) -> list[str]:
 
 
 def pytest_ignore_collect(collection_path, config):
-    # The core run never imports Ray: its own tests are collected only when asked for.
-    if collection_path.name == "ray" and collection_path.parent.name == "tests":
-        return "ray" not in _engines(config)
+    # The core run never imports Ray or Dask: their own tests are collected only when asked for.
+    if collection_path.name in ("ray", "dask") and collection_path.parent.name == "tests":
+        return collection_path.name not in _engines(config)
     return None
 
 
@@ -67,12 +67,42 @@ def ray_head():
             CLUSTER_PIDS.remove(head)
 
 
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A real Dask scheduler and two one-thread workers on 127.0.0.1, and nbpool's Client for
+    it (made here: its threads live as long as the session)."""
+    from dask_cluster import start_dask_cluster, stop_dask_cluster
+
+    cluster = start_dask_cluster(workers=2)
+    CLUSTER_PIDS.append(cluster)
+    try:
+        from nbpool._engines import dask as _dask
+
+        _dask.connect(cluster.address)
+        yield cluster
+    finally:
+        try:
+            from nbpool._engines import dask as _dask
+
+            for client in _dask._CLIENTS.values():
+                client.close(timeout=10)
+            _dask._CLIENTS.clear()
+        finally:
+            stop_dask_cluster(cluster)
+            CLUSTER_PIDS.remove(cluster)
+
+
+_CLUSTER_FIXTURES = {"ray": "ray_head", "dask": "dask_cluster"}
+
+
 @pytest.fixture
 def engine(request):
     """Keyword arguments that put a Pool on the engine under test."""
     if request.param == "ray":
         head = request.getfixturevalue("ray_head")
         return {"ray_address": head.address}
+    if request.param == "dask":
+        return {"address": request.getfixturevalue("dask_cluster").address}
     return {}
 
 
@@ -100,8 +130,9 @@ def _children() -> set[int]:
 def no_leftovers(request):
     """Fail a test that leaves a child process or a thread behind (after a short grace)."""
     callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("engine") == "ray":
-        request.getfixturevalue("ray_head")  # before the snapshot: Ray's threads are its own
+    fixture = _CLUSTER_FIXTURES.get(callspec.params.get("engine")) if callspec else None
+    if fixture is not None:  # before the snapshot: the cluster client's threads are its own
+        request.getfixturevalue(fixture)
     threads_before = set(threading.enumerate())
     children_before = _children()
     yield

@@ -573,15 +573,17 @@ CLUSTER_CELLS = [
         "md",
         "intro",
         """\
-# The same Pool on a Ray cluster
+# The same Pool on a Ray or Dask cluster
 
-`Pool()` runs on this machine, unless the environment says otherwise: with
-`NBPOOL_ADDRESS` or `RAY_ADDRESS` set to a Ray head's address (`10.0.0.5:6379`), the very same
-cells run their workers as Ray actors on that cluster. Nothing in the code changes. To pick the
-cluster in code instead, write `Pool(ray_address="10.0.0.5:6379")` (see docs/clusters.md).
+`Pool()` runs on this machine, unless the environment says otherwise: with `NBPOOL_ADDRESS`
+set to a Ray head's address (`10.0.0.5:6379`, or `RAY_ADDRESS`) or a Dask scheduler's
+(`tcp://10.0.0.5:8786`, or `DASK_SCHEDULER_ADDRESS`), the very same cells run their workers on
+that cluster. Nothing in the code changes. To pick the cluster in code instead, write
+`Pool(ray_address="10.0.0.5:6379")` or `Pool(address="tcp://10.0.0.5:8786")` (see
+docs/clusters.md).
 
-The tests run this notebook twice: as it is (on this machine), and with `NBPOOL_ADDRESS` set to
-a Ray head they start on 127.0.0.1.""",
+The tests run this notebook three times: as it is (on this machine), and with `NBPOOL_ADDRESS`
+set to a Ray head and to a Dask scheduler they start on 127.0.0.1.""",
     ),
     (
         "code",

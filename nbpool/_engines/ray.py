@@ -3,23 +3,13 @@
 Only this module imports Ray, and only ``Pool(ray_address=...)`` (or ``RAY_ADDRESS``,
 ``NBPOOL_ADDRESS``, ``backend="ray"``) imports this module.
 
-The dispatcher (``_driver.dispatcher``) does not know it talks to an actor. A ``RayWorker`` gives it
-what a local worker process gives it: a socket that carries ``_worker.protocol`` messages, two pipes
-with the worker's stdout and stderr, and a 4-slot array that says which item the worker is on.
-Behind them, one bridge thread per actor turns messages into actor calls and replies back::
+Each worker slot is an actor (``num_cpus=1``) that runs the same ``_worker.runner.Runner`` as a
+local worker process, behind a bridge thread in the caller (``_engines.bridge``, shared with the
+Dask engine), which gives the dispatcher the socket, output pipes and slot it knows::
 
-  dispatcher thread          bridge thread (one per actor)                actor (Ray worker)
-  ─────────────────          ─────────────────────────────                ──────────────────
-  RunChunk ── socket ──►     recv ─► queue ─► actor.run.remote(msg, ...) ► Runner.run_chunk()
-                             (one run call in flight: the next when its reply is here)
-                             ray.wait(run refs, poll ref, 20 ms)            (the same code as
-                             every 0.2 s while busy: actor.poll.remote() ─►  a local worker's)
-  slot (which item) ◄─────── slot, CPU, RSS  ◄── poll reply ◄──────────── fd 1/2 are pipes:
-  stdout/stderr pipes ◄───── output bytes   ◄──                           output read there
-  LogRecord ◄── socket ◄──── log records    ◄──
-  ChunkDone ◄── socket ◄──── run reply (after the last poll's output) ◄──
-  kill() ─► ray.kill(actor) ─► the run ref fails ─► the bridge closes the socket: the
-  dispatcher sees EOF, as for a dead process, and fails or retries the item the slot names.
+  dispatcher ── socket ──► bridge thread ── actor.run.remote(msg) ──► actor: Runner.run_chunk()
+             ◄── pipes ───               ◄── poll every 0.2 s ──────   fd 1/2 are pipes: output
+  kill() ─► ray.kill(actor) ─► the run ref fails ─► the bridge closes the socket (EOF)
 
 So chunking, retries, timeouts, interrupts, output routing and the dashboard are the local
 engine's code, unchanged. What is Ray's: how a worker starts (an actor with ``num_cpus=1``), how
@@ -30,31 +20,17 @@ death is seen (``RayActorError``).
 from __future__ import annotations
 
 import array
-import collections
 import contextlib
 import functools
 import os
-import socket
 import sys
 import threading
 import time
 
-from .._driver.handle import WorkerHandle
 from .._errors import BackendUnavailableError, ClusterConnectionError
-from .._worker.protocol import (
-    STAGE_IDLE,
-    Cancel,
-    Channel,
-    ChunkDone,
-    Hello,
-    InitFailed,
-    Ready,
-    RunChunk,
-    Shutdown,
-    channel_pair,
-    readable,
-)
+from .._worker.protocol import STAGE_IDLE, Hello, RunChunk
 from .._worker.runner import Runner, flush_std
+from .bridge import BridgedWorker, connect_error, enlarge, host_port
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -64,13 +40,7 @@ __all__ = ["RayWorker", "check_processes", "connect"]
 
 INSTALL_HINT = "pip install 'nbpool[ray]'"
 CONNECT_TIMEOUT_S = 5.0  # a TCP check of the head's port before Ray retries it for minutes
-POLL_BUSY_S = 0.2  # how often a busy actor is asked which item it is on (and its output)
-POLL_IDLE_S = 1.0  # ... and an idle one, for its CPU and memory
-DEATH_WAIT_S = 5.0  # how long a stopped worker's reap waits for Ray to free its CPU
 RESOURCE_WAIT_S = 3.0  # how long Pool() waits for CPUs a pool just stopped to come back
-POLL_TIMEOUT_S = 10.0  # a poll that takes longer: the actor (or Ray) is not answering
-BRIDGE_JOIN_S = 10.0  # reap's wait for a bridge thread (blocked in Ray at worst)
-WAIT_S = 0.1  # the bridge's wait for a reply (it returns as soon as one is there)
 
 
 def _import_ray() -> Any:
@@ -83,33 +53,15 @@ def _import_ray() -> Any:
     return ray
 
 
-def _host_port(address: str) -> tuple[str, int] | None:
-    """``host:port`` (or ``scheme://host:port``) split, or None if it is not one."""
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    return (host, int(port)) if host and port.isdigit() else None
-
-
-def _connect_error(address: str, timeout: float) -> OSError | None:
-    """Why nothing answers at ``address`` within ``timeout`` (a TCP connect), or None."""
-    target = _host_port(address)
-    if target is None:
-        return None  # not host:port: nothing to check
-    try:
-        with socket.create_connection(target, timeout=timeout):
-            return None
-    except OSError as exc:
-        return exc
-
-
 def _check_reachable(address: str) -> None:
     """Fail within CONNECT_TIMEOUT_S naming the address if nothing listens there (Ray itself
     would retry for minutes)."""
-    if _host_port(address) is None:
+    if host_port(address) is None:
         raise ValueError(
             f"ray_address={address!r} is not an address: give 'host:port' (a Ray head), "
             "'ray://host:port' (Ray Client), 'auto' (a head on this machine) or 'local'"
         )
-    exc = _connect_error(address, CONNECT_TIMEOUT_S)
+    exc = connect_error(address, CONNECT_TIMEOUT_S)
     if exc is not None:
         raise ClusterConnectionError(
             f"cannot reach a Ray head at {address}: {exc}. Is the head running "
@@ -222,7 +174,7 @@ class _ActorImpl:
             os.dup2(w, fd)
             os.close(w)
             os.set_blocking(r, False)
-            _enlarge(r)  # room for a burst between two polls
+            enlarge(r)  # room for a burst between two polls
             self._pipes.append(r)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -305,238 +257,38 @@ def _actor_class(ray: Any) -> Any:
 # ----------------------------------------------------------------------------- driver side
 
 
-class RayWorker(WorkerHandle):
-    """A worker slot served by one Ray actor (see the module docstring)."""
+class RayWorker(BridgedWorker):
+    """A worker slot served by one Ray actor (see ``_engines.bridge``)."""
+
+    engine = "Ray"
 
     def __init__(self, wid: int, ray: Any) -> None:
-        super().__init__(wid)
         self._ray = ray
-        ch, bridge_fd = channel_pair()
-        self.ch = ch
-        self._bridge_ch = Channel(bridge_fd)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        for fd in (out_r, err_r):
-            _enlarge(fd)  # room for a burst the dispatcher reads later
-        self.out_fds = {out_r: "stdout", err_r: "stderr"}
-        self._out_w = {1: out_w, 2: err_w}
-        self.slot = memoryview(array.array("q", [0, 0, STAGE_IDLE, 0]))
-        self.node = ""
-        self._stats: tuple[float | None, int | None] = (None, None)  # CPU %, RSS: last poll
-        self._slot_at = 0.0  # when the copy in ``slot`` was true (see slot_seen_at)
-        self._poll_sent = 0.0
-        self._death = ""
-        self._stopped = False
-        self._queued: collections.deque[tuple[Any, Any, list[Any]]] = collections.deque()
-        self._gcs = _gcs_address(ray)
-        lost = _LOST.get(self._gcs)
-        if lost is not None:  # no new actor on a cluster that is gone: the job fails now
-            raise ClusterConnectionError(
-                f"lost the Ray cluster at {self._gcs}: it no longer answers ({lost}). Start "
-                "a new pool once it is back."
-            )
-        self.actor = _actor_class(ray).options(num_cpus=1, max_restarts=0).remote()
-        self._thread = threading.Thread(
-            target=self._bridge, name=f"nbpool-ray-bridge-{wid}", daemon=True
-        )
-        self._thread.start()
+        super().__init__(wid, _gcs_address(ray))
 
-    # -- WorkerHandle
+    def _start(self) -> None:
+        self.actor = _actor_class(self._ray).options(num_cpus=1, max_restarts=0).remote()
 
-    def _stop(self) -> None:
-        if self._stopped:  # (kill() then reap(): one kill is enough)
-            return
-        self._stopped = True
-        # In a thread of its own: with the cluster gone, ray.kill can block, and a stop must
-        # never hold the dispatcher or terminate().
-        threading.Thread(target=self._kill_actor, name="nbpool-ray-kill", daemon=True).start()
+    def _call(self, method: str, *args: Any) -> Any:
+        return getattr(self.actor, method).remote(*args)
 
-    def _kill_actor(self) -> None:
-        with contextlib.suppress(Exception):
-            self._ray.kill(self.actor, no_restart=True)
+    def _wait(self, refs: list[Any], timeout: float) -> list[Any]:
+        ready, _ = self._ray.wait(refs, num_returns=1, timeout=timeout)
+        return list(ready)
 
-    def reap(self) -> int | None:
-        self._stop()
-        self._thread.join(BRIDGE_JOIN_S)
-        if not _LOST:
-            self._await_death(DEATH_WAIT_S)  # its CPU is free for the next pool when we return
-        self.ch.close()
-        for fd in list(self.out_fds):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.out_fds.clear()
-        return None
+    def _get(self, ref: Any, timeout: float) -> Any:
+        return self._ray.get(ref, timeout=timeout)  # GetTimeoutError is a TimeoutError
 
-    def _await_death(self, timeout: float) -> None:
-        """Until Ray says the actor is dead (a call on it fails), up to ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self._ray.get(
-                    self.actor.poll.remote(), timeout=max(0.01, deadline - time.monotonic())
-                )
-            except Exception:  # RayActorError once it is dead; GetTimeoutError past the wait
-                return
-            time.sleep(0.02)
+    def _kill_remote(self) -> None:
+        self._ray.kill(self.actor, no_restart=True)
 
-    def describe_exit(self, code: int | None) -> str:
-        return self._death or "its actor was stopped"
+    def _disconnect(self) -> None:
+        # Ray ends a driver process that stays connected to a lost head for 60 s: that would
+        # be the kernel.
+        self._ray.shutdown()
 
-    def rss(self) -> int | None:
-        return self._stats[1]
-
-    def stats(self) -> tuple[float | None, int | None] | None:
-        return self._stats
-
-    def slot_seen_at(self) -> float:
-        return self._slot_at
-
-    # -- the bridge thread
-
-    def _bridge(self) -> None:
-        ray = self._ray
-        runs: list[Any] = []  # refs of hello/run calls, in call order
-        poll_ref: Any = None
-        last_poll = time.monotonic()
-        shutdown = False
-        gone = False  # a poll failed: the actor is dead or dying
-        try:
-            while True:
-                if not runs and self._queued:
-                    # One call at a time: the next chunk goes once the previous reply is here.
-                    # A reply still in flight when the actor dies is lost with it (Ray fails
-                    # that call too), which would charge the death to an item that had
-                    # finished. The gap costs one round trip per chunk; chunks are ~0.2 s.
-                    method, msg, buffers = self._queued.popleft()
-                    runs.append(method.remote(msg, *buffers))
-                if not runs:
-                    if shutdown:
-                        return
-                    # Idle: wait for the dispatcher, polling now and then for CPU and memory.
-                    if readable([self._bridge_ch.fd], POLL_IDLE_S):
-                        shutdown = self._take(runs) or shutdown
-                    elif not self._try_poll(self._new_poll()):
-                        raise EOFError  # died while idle: the dispatcher replaces it
-                    continue
-                if poll_ref is None:
-                    # The common short call: one get, not a wait and then a get (~0.1 ms).
-                    try:
-                        self._deliver(ray.get(runs[0], timeout=WAIT_S))
-                        runs.pop(0)
-                    except ray.exceptions.GetTimeoutError:
-                        pass
-                else:
-                    ready, _ = ray.wait([runs[0], poll_ref], num_returns=1, timeout=WAIT_S)
-                    if ready:
-                        # (before the chunk's reply: its output comes before its last words)
-                        gone = not self._try_poll(poll_ref)
-                        poll_ref = None
-                    if runs[0] in ready:
-                        # A dead actor fails this get only if this very call died with it:
-                        # the calls it finished before are delivered first, as a local
-                        # worker's are.
-                        self._deliver(ray.get(runs.pop(0)))
-                if gone:
-                    continue  # no more polls: the next run ref tells how it ended
-                if runs and poll_ref is None and time.monotonic() - last_poll >= POLL_BUSY_S:
-                    poll_ref = self._new_poll()
-                    last_poll = time.monotonic()
-                while readable([self._bridge_ch.fd], 0):
-                    shutdown = self._take(runs) or shutdown
-        except (EOFError, OSError):  # the dispatcher closed its end (reap, teardown)
-            pass
-        except Exception as exc:  # the actor died (RayActorError and kin), or Ray is gone
-            if not self._stopped:
-                self._death = _describe_death(exc)
-                # Our copy of its slot may be a poll old: which item killed it is not known
-                # for sure. The dispatcher then runs the chunk's items again one by one, and
-                # the culprit fails alone (as for a local worker's untracked items).
-                self.slot[2] = STAGE_IDLE
-                if _connect_error(self._gcs, timeout=2.0) is not None:
-                    _LOST[self._gcs] = self._death
-                    _disconnect(ray)
-                    self._death = f"the Ray cluster at {self._gcs} no longer answers"
-                    self.fatal = ClusterConnectionError(
-                        f"lost the Ray cluster at {self._gcs}: it no longer answers "
-                        f"({_LOST[self._gcs]}). The job failed and the pool stopped; start a "
-                        "new pool once the cluster is back."
-                    )
-        finally:
-            with contextlib.suppress(Exception):
-                ray.kill(self.actor, no_restart=True)
-            for fd in self._out_w.values():
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._bridge_ch.close()  # the dispatcher sees EOF: this worker is gone
-
-    def _take(self, runs: list[Any]) -> bool:
-        """One message from the dispatcher; True for Shutdown."""
-        msg, buffers = self._bridge_ch.recv()
-        if isinstance(msg, Hello):
-            # The actor keeps its own import path: the kernel's may not exist on that node
-            # (modules next to the notebook travel by value anyway).
-            msg = Hello(msg.worker_id, (), msg.initializer, msg.log_levels)
-            self._queued.append((self.actor.hello, msg, buffers))
-        elif isinstance(msg, RunChunk):
-            self._queued.append((self.actor.run, msg, buffers))
-        elif isinstance(msg, Cancel):
-            self.actor.cancel.remote(msg.job_id)
-        elif isinstance(msg, Shutdown):
-            return True
-        return False
-
-    def _deliver(self, got: tuple[Any, list[Any], tuple[Any, ...]]) -> None:
-        reply, buffers, (out, err, logs) = got
-        if isinstance(reply, Ready):
-            self.pid, self.host, self.node = reply.pid, reply.host, reply.node
-        self._write_output(out, err, logs)
-        self._bridge_ch.send(reply, buffers)
-        if isinstance(reply, ChunkDone):
-            self.slot[2] = STAGE_IDLE
-        if isinstance(reply, InitFailed):
-            raise EOFError  # the worker is over, as a local one exits after InitFailed
-
-    def _new_poll(self) -> Any:
-        self._poll_sent = time.monotonic()
-        return self.actor.poll.remote()
-
-    def _try_poll(self, ref: Any) -> bool:
-        """Apply a poll's reply; False if the actor is gone."""
-        try:
-            got = self._ray.get(ref, timeout=POLL_TIMEOUT_S)
-        except Exception as exc:
-            if not self._stopped and not self._death:
-                self._death = _describe_death(exc)
-            return False
-        self._apply_poll(got)
-        return True
-
-    def _apply_poll(self, got: tuple[Any, ...]) -> None:
-        slot, their_now, cpu, rss, (out, err, logs), (pid, host) = got
-        if not self.pid:  # the next chunk may print before its Ready reaches the dispatcher
-            self.pid, self.host = pid, host
-        job, chunk, stage, started = slot
-        # Their monotonic clock is not ours: move the item's start time onto our clock.
-        if started:
-            started = started - their_now + time.monotonic_ns()
-        self.slot[3] = started
-        self.slot[0], self.slot[1], self.slot[2] = job, chunk, stage
-        self._slot_at = self._poll_sent  # (the actor read its slot after we asked)
-        self._stats = (cpu, rss)
-        self._write_output(out, err, logs)
-
-    def _write_output(self, out: bytes, err: bytes, logs: list[Any]) -> None:
-        for fd, data in ((self._out_w[1], out), (self._out_w[2], err)):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        for record in logs:
-            self._bridge_ch.send(record)
-
-
-# GCS address -> why we think that cluster is gone (its port stopped answering while an actor
-# call failed). New workers there fail at once instead of waiting on Ray.
-_LOST: dict[str, str] = {}
+    def describe_death(self, exc: BaseException) -> str:
+        return super().describe_death(exc).replace("its Ray worker", "its Ray actor")
 
 
 def _gcs_address(ray: Any) -> str:
@@ -544,27 +296,3 @@ def _gcs_address(ray: Any) -> str:
         return str(ray.get_runtime_context().gcs_address)
     except Exception:
         return ""
-
-
-def _disconnect(ray: Any) -> None:
-    """Leave a cluster that is gone (``ray.shutdown()``, in a thread of its own). Ray ends a
-    driver process that stays connected to a lost head for 60 s: that would be the kernel."""
-
-    def shutdown() -> None:
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-
-    threading.Thread(target=shutdown, name="nbpool-ray-disconnect", daemon=True).start()
-
-
-def _enlarge(fd: int) -> None:
-    """A 1 MiB pipe buffer (F_SETPIPE_SZ, Linux), where allowed."""
-    with contextlib.suppress(OSError):
-        import fcntl
-
-        fcntl.fcntl(fd, 1031, 1 << 20)
-
-
-def _describe_death(exc: BaseException) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"its Ray actor died ({type(exc).__name__}{': ' + first if first else ''})"

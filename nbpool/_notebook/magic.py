@@ -64,6 +64,17 @@ def session_pool(processes: int | None = None) -> Any:
     return pool
 
 
+def _where(address: str) -> dict[str, Any]:
+    """``%pool connect`` ARG as Pool keyword arguments."""
+    from .._backends import engine_of
+
+    if address == "--local":
+        return {"backend": "local"}
+    if engine_of(address) == "dask":
+        return {"address": address}
+    return {"ray_address": address}
+
+
 def _stop_session_pool() -> bool:
     pool, _SESSION["pool"] = _SESSION["pool"], None
     if pool is None:
@@ -276,7 +287,7 @@ def pool_magic(line: str) -> Any:
     elif cmd == "connect":
         if len(words) != 2:
             raise _usage_error(f"%pool connect takes one address, or --local\n{POOL_USAGE}")
-        target = {"backend": "local"} if words[1] == "--local" else {"ray_address": words[1]}
+        target = _where(words[1])
         _stop_session_pool()
         _SESSION["where"] = target
         try:
@@ -298,7 +309,10 @@ def pool_magic(line: str) -> Any:
         pool = _SESSION["pool"]
         if pool is None or pool._state != "RUN":
             return "nbpool session pool: not started (it starts on first %%pmap, or %pool start)"
-        on = "this machine" if pool.backend == "local" else f"Ray ({pool.address or 'ray.init'})"
+        name = {"ray": "Ray", "dask": "Dask"}.get(pool.backend, pool.backend)
+        on = (
+            "this machine" if pool.backend == "local" else f"{name} ({pool.address or 'connected'})"
+        )
         return (
             f"nbpool session pool: {pool._processes} workers on {on}, "
             f"pids {' '.join(map(str, pool._engine.worker_pids()))}"

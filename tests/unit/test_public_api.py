@@ -52,7 +52,8 @@ def test_the_local_engine_never_imports_a_cluster_engine():
         "import sys, nbpool\n"
         "with nbpool.Pool(2) as pool:\n"
         "    assert pool.map(abs, [-1]) == [1]\n"
-        "cluster = ['ray', 'dask', 'distributed', 'nbpool._engines.ray']\n"
+        "cluster = ['ray', 'dask', 'distributed', 'nbpool._engines.ray',"
+        " 'nbpool._engines.dask', 'nbpool._engines.bridge']\n"
         "print(sorted(m for m in cluster if m in sys.modules))\n"
     )
     assert run_python(code) == "[]"

@@ -1,0 +1,307 @@
+"""The Dask engine: each worker slot is a Dask actor that hosts one nbpool worker process.
+
+Only this module imports ``distributed``, and only ``Pool(address="tcp://...")`` (or a
+``distributed.Client``, ``DASK_SCHEDULER_ADDRESS``, ``NBPOOL_ADDRESS``, ``backend="dask"``)
+imports this module.
+
+A slot is one thread of a Dask worker. Its actor (``_DaskHost``, placed with ``workers=[...]``)
+is an ``_engines.host.Host``: it starts an nbpool worker process on that node and relays the
+bridge's calls to it (``_engines.bridge``, shared with the Ray engine)::
+
+  dispatcher ── socket ──► bridge thread ── actor.run(msg) ──► Dask worker: _DaskHost (actor)
+             ◄── pipes ───               ◄── poll every 0.2 s ─     └─ nbpool worker process
+  kill() ─► actor.stop(): SIGKILL that process ─► the run call fails ─► EOF for the dispatcher
+
+Why actors and not one task per chunk: a task cannot be asked which item it is on, its output
+comes only at its end, and running code cannot be stopped short of restarting the Dask worker
+(seconds, and every other task on it). An actor's async methods run on the worker's event loop
+while a chunk runs, so a poll or a stop is answered at once; the chunk waits in a thread of the
+actor's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import time
+import uuid
+
+from .._errors import BackendUnavailableError, ClusterConnectionError
+from .bridge import BridgedWorker, connect_error, host_port
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["DaskWorker", "check_processes", "connect"]
+
+INSTALL_HINT = "pip install 'nbpool[dask]'"
+CONNECT_TIMEOUT_S = 5.0  # the TCP check of the scheduler's port
+CLIENT_TIMEOUT_S = 10.0  # the Client's own connect
+PLACE_WAIT_S = 30.0  # how long a new slot waits for a free thread (a nanny restarting a worker)
+SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"the Dask engine needs distributed, which is not installed here: {INSTALL_HINT}"
+        ) from exc
+    return distributed
+
+
+# scheduler address -> the Client nbpool made for it (kept for the next pool: ~0.2 s each)
+_CLIENTS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+# Dask worker address -> how many of its threads nbpool's live slots hold (all pools)
+_PLACED: dict[str, int] = {}
+
+
+def connect(address: Any) -> tuple[Any, str]:
+    """A ``distributed.Client`` for ``address`` ("tcp://host:port", or a Client, used as it is)
+    and the scheduler's address; fails within seconds naming an address nobody answers at."""
+    distributed = _import_distributed()
+    if isinstance(address, distributed.Client):
+        return address, str(address.scheduler.address)
+    if address is None:
+        try:
+            client = distributed.get_client()
+        except ValueError:
+            raise ValueError(
+                "backend='dask' needs a scheduler: pass address='tcp://host:port' (or a "
+                "distributed.Client), set DASK_SCHEDULER_ADDRESS, or create a Client first"
+            ) from None
+        return client, str(client.scheduler.address)
+    if not isinstance(address, str) or not address.startswith(SCHEMES) or not host_port(address):
+        raise ValueError(
+            f"address={address!r} is not a Dask scheduler's address: give 'tcp://host:port' "
+            "(or 'tls://host:port'), or a distributed.Client"
+        )
+    with _LOCK:
+        client = _CLIENTS.get(address)
+        if client is not None and client.status == "running":
+            return client, address
+        exc = connect_error(address, CONNECT_TIMEOUT_S)
+        if exc is not None:
+            raise ClusterConnectionError(
+                f"cannot reach a Dask scheduler at {address}: {exc}. Is the scheduler running "
+                "(`dask scheduler ...`), and is this the address it printed?"
+            )
+        try:
+            client = distributed.Client(
+                address,
+                timeout=CLIENT_TIMEOUT_S,
+                set_as_default=False,  # the notebook's own dask calls stay where they were
+                direct_to_workers=True,  # actor calls go straight to the worker
+            )
+        except Exception as exc:
+            raise ClusterConnectionError(
+                f"could not connect to the Dask scheduler at {address}: {exc}"
+            ) from exc
+        _CLIENTS[address] = client
+    return client, address
+
+
+def _threads(client: Any) -> dict[str, int]:
+    """Dask worker address -> its threads, as the scheduler knows them now."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {addr: int(info.get("nthreads", 1)) for addr, info in workers.items()}
+
+
+def check_processes(client: Any, processes: int | None, address: str) -> int:
+    """The number of workers: the cluster's free worker threads by default (one slot each).
+    More than it has now is refused: a slot would wait for a thread for ever."""
+    threads = _threads(client)
+    total = sum(threads.values())
+    with _LOCK:
+        free = sum(max(0, n - _PLACED.get(a, 0)) for a, n in threads.items())
+    if processes is None:
+        if free < 1:
+            raise ValueError(
+                f"the Dask cluster at {address} has {total} worker threads and none is free: "
+                "each nbpool worker takes one"
+            )
+        return free
+    if processes > free:
+        raise ValueError(
+            f"processes={processes}, but the Dask cluster at {address} has {total} worker "
+            f"threads ({len(threads)} workers), {free} of them free (each nbpool worker takes "
+            f"one). Use processes={free} or fewer, or add workers to the cluster."
+        )
+    return processes
+
+
+# ----------------------------------------------------------------------------- the actor
+
+
+class _DaskHost:
+    """The actor: an ``_engines.host.Host`` whose blocking calls wait in a thread of its own
+    (Dask runs every actor of a worker in one shared thread otherwise), while ``poll``,
+    ``cancel`` and ``stop`` are answered on the worker's event loop."""
+
+    def __init__(self) -> None:
+        from distributed import get_worker
+
+        from .host import Host
+
+        worker = get_worker()
+        where = host_port(worker.address)
+        self._host = Host(where[0] if where else worker.address, str(worker.address))
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nbpool")
+
+    async def hello(self, msg: Any, *buffers: Any) -> Any:
+        return await self._blocking(self._host.hello, msg, buffers)
+
+    async def run(self, msg: Any, *buffers: Any) -> Any:
+        return await self._blocking(self._host.run, msg, buffers)
+
+    async def poll(self) -> Any:
+        return self._host.poll()
+
+    async def cancel(self, job_id: int) -> None:
+        self._host.cancel(job_id)
+
+    async def stop(self) -> None:
+        self._host.stop()
+        self._thread.shutdown(wait=False)
+
+    async def _blocking(self, fn: Any, msg: Any, buffers: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, fn, msg, list(buffers))
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+class DaskWorker(BridgedWorker):
+    """A worker slot served by one Dask actor (see the module docstring)."""
+
+    engine = "Dask"
+
+    def __init__(self, wid: int, client: Any, address: str) -> None:
+        self._client = client
+        self._loop = client.loop.asyncio_loop
+        self._future: Any = None
+        self.actor: Any = None
+        self._worker_address = ""
+        self._kill_lock = threading.Lock()
+        self._killed = False
+        super().__init__(wid, address)
+
+    def _start(self) -> None:
+        pass  # the actor is placed by the bridge thread (placing may wait for a free thread)
+
+    def _bridge(self) -> None:
+        try:
+            self._place()
+        except Exception as exc:
+            self._died(exc)
+            self._bridge_ch.close()
+            return
+        super()._bridge()
+
+    def _place(self) -> None:
+        deadline = time.monotonic() + PLACE_WAIT_S
+        while True:
+            threads = _threads(self._client)
+            with _LOCK:
+                free = {a: n - _PLACED.get(a, 0) for a, n in threads.items()}
+                best = max(free, key=lambda a: free[a], default=None)
+                if best is not None and free[best] > 0:
+                    _PLACED[best] = _PLACED.get(best, 0) + 1
+                    self._worker_address = best
+                    break
+            if time.monotonic() > deadline or self._stopped:
+                raise RuntimeError(f"no free Dask worker thread within {PLACE_WAIT_S:.0f} s")
+            time.sleep(0.1)
+        self._future = self._client.submit(
+            _DaskHost,
+            actor=True,
+            workers=[self._worker_address],
+            allow_other_workers=False,
+            pure=False,
+            key=f"nbpool-worker-{self.wid}-{uuid.uuid4().hex[:12]}",
+        )
+        with self._client.as_current():  # the actor handle binds to our Client
+            actor = self._future.result(timeout=PLACE_WAIT_S)
+        with self._kill_lock:
+            if self._killed:  # stopped while it was being placed: nothing else will free it
+                self._release()
+                raise RuntimeError("stopped while it was being placed")
+            self.actor = actor
+
+    def _call(self, method: str, *args: Any) -> Any:
+        actor = self.actor
+        if actor is None or self._future is None:
+            # Gone (stopped and cancelled): Dask would answer a call with a KeyError that
+            # never reaches the caller's future.
+            failed: concurrent.futures.Future = concurrent.futures.Future()
+            failed.set_exception(RuntimeError("the actor was stopped"))
+            return failed
+
+        async def call() -> Any:
+            return await getattr(actor, method)(*args)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop)
+
+    def _wait(self, refs: list[Any], timeout: float) -> list[Any]:
+        done, _ = concurrent.futures.wait(
+            refs, timeout, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        return list(done)
+
+    def _get(self, ref: Any, timeout: float) -> Any:
+        try:
+            return ref.result(timeout)
+        except concurrent.futures.TimeoutError:  # (not TimeoutError itself before 3.11)
+            raise TimeoutError from None
+
+    def _kill_remote(self) -> None:
+        # Once (a stop thread and the bridge's exit both come here): a second stop sent after
+        # the first one's cancel would get a KeyError that never reaches its future.
+        with self._kill_lock:
+            if self._killed:
+                return
+            self._killed = True
+            try:
+                if self.actor is not None:
+                    self._get(self._call("stop"), 10.0)
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        with _LOCK:
+            if self._worker_address:
+                _PLACED[self._worker_address] = max(0, _PLACED.get(self._worker_address, 1) - 1)
+                self._worker_address = ""
+        future, self._future = self._future, None
+        self.actor = None
+        if future is not None:
+            # cancel, not release: the actor handle holds the key too, and the key must go
+            with contextlib.suppress(Exception):
+                self._client.cancel([future], force=True)
+
+    def _disconnect(self) -> None:
+        with _LOCK:
+            ours = _CLIENTS.get(self.cluster) is self._client
+            if ours:
+                del _CLIENTS[self.cluster]
+        if ours:  # (a Client the user made is theirs to close)
+            self._client.close(timeout=5)
+
+    def _cluster_gone(self) -> str:
+        status = str(self._client.status)
+        return "" if status == "running" else f"its Client is {status}"
+
+    def _await_death(self, timeout: float) -> None:
+        pass  # stop() returned when the process was gone; the thread is ours to count
+
+    def describe_death(self, exc: BaseException) -> str:
+        text = str(exc)
+        if "Unable to contact Actor's worker" in text or "Worker holding Actor was lost" in text:
+            return f"its Dask worker {self._worker_address or ''} died or left the cluster"
+        return super().describe_death(exc)

@@ -1,0 +1,182 @@
+"""Inside a cluster's worker process: one nbpool worker process, started and driven from here.
+
+A Dask worker is a long-lived process that runs other people's tasks on its threads, logs to its
+own stderr and is restarted by a nanny. nbpool's worker cannot live in it as a Ray actor lives in
+its own process: redirecting fd 1/2 would capture Dask's logs, and stopping a running item would
+mean restarting the whole Dask worker (seconds, and every other task on it). So the remote object
+(a Dask actor, ``_engines.dask``) is a ``Host``: it starts a local nbpool worker process on that
+node, exactly as the local engine does on this machine (``_engines.local.Worker``), and relays
+the bridge's calls to it::
+
+  bridge ── actor.run(msg) ──► Host.run: send msg ─ socket ─► worker process (local_main)
+         ◄── reply + output ──            recv reply ◄──────   fd 1/2 are pipes: Host drains them
+  kill()  ── actor.stop() ───► Host.stop: SIGKILL the process (its run call fails at once)
+
+So a stop takes milliseconds and touches nothing else on the node, C-level output is captured,
+and the exit status of a dead worker is known, as on this machine.
+
+``hello`` and ``run`` block (they wait for the process) and are called one at a time;
+``poll``, ``cancel`` and ``stop`` may be called while one waits (from another thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+
+from .._driver.handle import describe_exit
+from .._worker.protocol import STAGE_IDLE, Cancel, LogRecord, Ready
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["Host", "WorkerExited"]
+
+
+class WorkerExited(RuntimeError):
+    """The worker process ended while the driver waited for it (killed, crashed, stopped)."""
+
+    def __init__(self, description: str, code: int | None) -> None:
+        super().__init__(description)
+        self.code = code
+
+    def __reduce__(self) -> Any:
+        return (WorkerExited, (str(self), self.code))
+
+
+class Host:
+    """One worker process on a cluster node, and the calls the bridge makes on it."""
+
+    def __init__(self, host: str, node: str) -> None:
+        self.host, self.node = host, node
+        self._worker: Any = None  # _engines.local.Worker, from hello on
+        # The worker's lifeline: we hold the write end, so it exits when this process does.
+        self._lifeline = os.pipe()
+        self._send_lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._logs: list[Any] = []
+        self._ps: Any = None
+        self._code: int | None = None
+
+    # -- blocking calls (one at a time)
+
+    def hello(self, hello: Any, buffers: list[Any]) -> tuple[Any, list[Any], tuple[Any, ...]]:
+        from .local import Worker
+
+        w = self._worker = Worker(hello.worker_id, self._lifeline[0])
+        for fd in w.out_fds:
+            os.set_blocking(fd, False)
+        self._send(hello, buffers)
+        reply, _ = self._reply()
+        if isinstance(reply, Ready):
+            reply = Ready(reply.worker_id, reply.pid, self.host, self.node)
+        return reply, [], self._drain()
+
+    def run(self, msg: Any, buffers: list[Any]) -> tuple[Any, list[Any], tuple[Any, ...]]:
+        self._send(msg, buffers)
+        reply, out = self._reply()
+        # The cluster's serializer moves bytes; PickleBuffers (results out of band) become bytes.
+        out = [b if isinstance(b, (bytes, bytearray)) else bytes(b) for b in out]
+        return reply, out, self._drain()
+
+    def _send(self, msg: Any, buffers: Any) -> None:
+        try:
+            with self._send_lock:
+                self._worker.ch.send(msg, list(buffers))
+        except OSError:
+            self._exited()
+
+    def _reply(self) -> tuple[Any, list[Any]]:
+        """The next message that is not a log record (those wait for the next drain)."""
+        while True:
+            try:
+                msg, buffers = self._worker.ch.recv()
+            except (EOFError, OSError):
+                self._exited()
+            if isinstance(msg, LogRecord):
+                with self._io_lock:
+                    self._logs.append(msg)
+                continue
+            return msg, buffers
+
+    def _exited(self) -> Any:
+        """The process is gone: reap it and say how it ended."""
+        code = self._reap()
+        raise WorkerExited(f"its worker process on {self.host} {describe_exit(code)}", code)
+
+    # -- calls that may come while a blocking one waits
+
+    def poll(self) -> tuple[Any, ...]:
+        w = self._worker
+        slot = tuple(w.slot[:4]) if w is not None and not w.dead else (0, 0, STAGE_IDLE, 0)
+        cpu = rss = None
+        if w is not None:
+            try:
+                import psutil
+
+                if self._ps is None:
+                    self._ps = psutil.Process(w.pid)
+                    self._ps.cpu_percent(None)
+                cpu = self._ps.cpu_percent(None)
+                rss = self._ps.memory_info().rss
+            except Exception:
+                pass
+        pid = w.pid if w is not None else 0
+        return slot, time.monotonic_ns(), cpu, rss, self._drain(), (pid, self.host)
+
+    def cancel(self, job_id: int) -> None:
+        if self._worker is not None:
+            with contextlib.suppress(OSError):
+                with self._send_lock:
+                    self._worker.ch.send(Cancel(self._worker.wid, job_id))
+
+    def stop(self) -> None:
+        """Kill the process (and what it started); a waiting hello/run fails at once."""
+        if self._worker is not None:
+            self._worker.kill()
+        self._reap()
+        for fd in self._lifeline:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _reap(self) -> int | None:
+        w = self._worker
+        with self._io_lock:
+            if w is not None and not w.dead:
+                w.dead = True
+                # What it wrote before it ended is still in the pipes: the next poll's.
+                self._tail = self._read_pipes(w)
+                with contextlib.suppress(Exception):
+                    self._code = w.reap()
+        return self._code
+
+    _tail = (b"", b"")
+
+    def _drain(self) -> tuple[bytes, bytes, list[Any]]:
+        with self._io_lock:
+            w = self._worker
+            if w is not None and not w.dead:
+                out, err = self._read_pipes(w)
+            else:
+                (out, err), self._tail = self._tail, (b"", b"")
+            logs, self._logs = self._logs, []
+        return out, err, logs
+
+    @staticmethod
+    def _read_pipes(w: Any) -> tuple[bytes, bytes]:
+        got = {}
+        for fd, name in w.out_fds.items():
+            parts = []
+            while True:
+                try:
+                    data = os.read(fd, 1 << 20)
+                except (BlockingIOError, OSError):
+                    break
+                if not data:
+                    break
+                parts.append(data)
+            got[name] = b"".join(parts)
+        return got.get("stdout", b""), got.get("stderr", b"")

@@ -1,0 +1,221 @@
+"""What only the Dask engine has: connecting, placing workers, leaving nothing on the cluster.
+
+Runs against the session's Dask scheduler and two one-thread workers on 127.0.0.1
+(``dask_cluster`` in tests/conftest.py), in the Dask run only (``--engines=dask``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import nbfuncs as f
+import psutil
+import pytest
+from conftest import CLUSTER_PIDS, clean_env
+
+import nbpool
+
+
+def _nbpool_keys(cluster) -> list[str]:
+    """nbpool's keys (actors, tasks) the scheduler still knows of."""
+    from nbpool._engines import dask as _dask
+
+    client = _dask._CLIENTS[cluster.address]
+
+    def keys(dask_scheduler=None):
+        return [str(k) for k in dask_scheduler.tasks if str(k).startswith("nbpool-")]
+
+    return client.run_on_scheduler(keys)
+
+
+def _hosted_workers(cluster) -> list[int]:
+    """nbpool worker processes running under the cluster's Dask workers."""
+    out = []
+    for pid in cluster.descendants():
+        try:
+            if "nbpool._engines.local_main" in " ".join(psutil.Process(pid).cmdline()):
+                out.append(pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _wait_for(check, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+@pytest.mark.parametrize("how", ["terminate", "close-join", "with"])
+def test_nothing_of_the_pool_is_left_on_the_cluster(dask_cluster, how):
+    pool = nbpool.Pool(2, address=dask_cluster.address)
+    assert pool.map(f.sq, range(10)) == [x * x for x in range(10)]
+    assert len(_nbpool_keys(dask_cluster)) == 2 and len(_hosted_workers(dask_cluster)) == 2
+    if how == "terminate":
+        pool.terminate()
+    elif how == "close-join":
+        pool.close()
+        pool.join()
+    else:
+        with pool:
+            pass
+    assert _wait_for(lambda: _nbpool_keys(dask_cluster) == [])
+    assert _wait_for(lambda: _hosted_workers(dask_cluster) == [])
+
+
+def test_more_workers_than_the_cluster_has_threads_is_refused(dask_cluster):
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=r"has 2 worker threads") as info:
+        nbpool.Pool(3, address=dask_cluster.address)
+    assert "processes=3" in str(info.value)
+    assert time.monotonic() - t0 < 10
+    with nbpool.Pool(address=dask_cluster.address) as pool:  # the default: its free threads
+        assert pool._processes == 2
+        assert pool.backend == "dask" and pool.address == dask_cluster.address
+
+
+def test_a_client_of_the_callers_own_is_used_as_it_is(dask_cluster):
+    from distributed import Client
+
+    client = Client(dask_cluster.address, set_as_default=False)
+    try:
+        with nbpool.Pool(2, address=client) as pool:
+            assert pool.address == dask_cluster.address
+            assert pool.map(f.sq, [3]) == [9]
+        with client.as_current(), nbpool.Pool(1, backend="dask") as pool:
+            assert pool.apply(f.sq, (4,)) == 16
+        assert client.status == "running"  # not closed by nbpool: it is the caller's
+    finally:
+        client.close()
+
+
+SCRIPT = """
+import time, nbpool, nbfuncs
+t0 = time.monotonic()
+try:
+    pool = nbpool.Pool()
+except Exception as e:
+    print(type(e).__name__, "|", e, "|", round(time.monotonic() - t0, 1))
+    raise SystemExit(0)
+print(pool.backend, pool.address, pool.map(nbfuncs.sq, [1, 2, 3]), pool._processes)
+pool.terminate()
+import sys
+print("ray imported:", "ray" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("variable", ["DASK_SCHEDULER_ADDRESS", "NBPOOL_ADDRESS"])
+def test_the_environment_switches_a_notebook_to_the_cluster(dask_cluster, variable):
+    env = clean_env(**{variable: dask_cluster.address})
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == f"dask {dask_cluster.address} [1, 4, 9] 2"
+    assert out.stdout.split("\n")[1] == "ray imported: False"  # one engine never loads another
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_scheduler_fails_fast_naming_it(dask_cluster):
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    env = clean_env(DASK_SCHEDULER_ADDRESS=address)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    kind, message, seconds = out.stdout.strip().split(" | ")
+    assert kind == "ClusterConnectionError"
+    assert address in message
+    assert float(seconds) < 10
+
+
+def test_a_dask_worker_that_leaves_fails_only_its_item_and_the_pool_goes_on(dask_cluster):
+    """The Dask worker process itself dies (not nbpool's worker under it): its item fails with
+    WorkerLostError naming it (with retries=1 it runs again elsewhere), the slot is placed
+    again once the nanny has restarted that Dask worker, and nothing is left behind."""
+    from nbpool._engines import dask as _dask
+
+    client = _dask._CLIENTS[dask_cluster.address]
+    with nbpool.Pool(2, address=dask_cluster.address, retries=1) as pool:
+        pool.map(f.sq, range(4), 1)
+        r = pool.map_async(f.nap, [3.0, 3.0], 1)
+        time.sleep(1.0)
+        victim = next(iter(client.run(os.getpid).values()))  # a Dask worker's PID
+        os.kill(victim, signal.SIGKILL)
+        assert r.get(60) == [3.0, 3.0]  # the lost item ran again on the other worker
+        assert pool.map(f.sq, range(6), 1) == [x * x for x in range(6)]
+        assert _wait_for(lambda: len(pool._engine.worker_pids()) == 2, 30)
+    with nbpool.Pool(1, address=dask_cluster.address) as pool:  # without retries: it fails
+        r = pool.map_async(f.nap, [5.0], 1)
+        time.sleep(1.0)
+        host = next(iter(client.run(os.getpid).items()))
+        os.kill(host[1], signal.SIGKILL)
+        with pytest.raises(
+            nbpool.WorkerLostError, match=r"on 127\.0\.0\.1\) died while running item 0"
+        ):
+            r.get(60)
+    assert _wait_for(lambda: _nbpool_keys(dask_cluster) == [])
+    assert _wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, 30)
+
+
+LOSE = """
+import sys, time, nbpool
+def slow(x):
+    time.sleep(0.5)
+    return x
+pool = nbpool.Pool(2, address=sys.argv[1], progress=False)
+print("warm", pool.map(slow, range(2)), flush=True)
+t0 = time.monotonic()
+try:
+    pool.map(slow, range(200), 1)
+except nbpool.ClusterConnectionError as e:
+    print("failed after", round(time.monotonic() - t0, 1), "|", e, flush=True)
+t0 = time.monotonic()
+pool.terminate()
+print("terminate", round(time.monotonic() - t0, 1), flush=True)
+"""
+
+
+def test_losing_the_scheduler_fails_the_job_at_once(dask_cluster, tmp_path):
+    """The scheduler dies mid-job (its workers live on): the job fails with
+    ClusterConnectionError within seconds and terminate() returns at once."""
+    from dask_cluster import start_dask_cluster, stop_dask_cluster
+
+    doomed = start_dask_cluster(workers=2)
+    CLUSTER_PIDS.append(doomed)
+    try:
+        with open(tmp_path / "stderr", "w") as err:
+            child = subprocess.Popen(
+                [sys.executable, "-c", LOSE, doomed.address],
+                env=clean_env(), stdout=subprocess.PIPE, stderr=err, text=True,
+            )  # fmt: skip
+        try:
+            assert child.stdout.readline().startswith("warm")
+            time.sleep(1.0)
+            doomed.scheduler.send_signal(signal.SIGKILL)
+            out, _ = child.communicate(timeout=90)
+        finally:
+            child.kill()
+            child.wait(30)
+        assert child.returncode == 0, (tmp_path / "stderr").read_text()[-3000:]
+        lines = dict((line + " ").split(" ", 1) for line in out.strip().splitlines())
+        seconds, message = lines["failed"].strip().removeprefix("after ").split(" | ")
+        assert float(seconds) < 15
+        assert f"lost the Dask cluster at {doomed.address}" in message
+        assert float(lines["terminate"].strip()) < 5
+    finally:
+        stop_dask_cluster(doomed, graceful=False)
+        CLUSTER_PIDS.remove(doomed)
