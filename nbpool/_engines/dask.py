@@ -108,7 +108,11 @@ def connect(address: Any) -> tuple[Any, str]:
 
 def _threads(client: Any) -> dict[str, int]:
     """Dask worker address -> its threads, as the scheduler knows them now."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+    try:
+        info = client.scheduler_info(n_workers=-1)  # (newer versions list 5 workers by default)
+    except TypeError:
+        info = client.scheduler_info()
+    workers = info["workers"]
     return {addr: int(info.get("nthreads", 1)) for addr, info in workers.items()}
 
 
@@ -166,7 +170,9 @@ class _DaskHost:
         self._host.cancel(job_id)
 
     async def stop(self) -> None:
-        self._host.stop()
+        # (in a thread: reaping the process may take a moment, and this loop is the Dask
+        # worker's, heartbeats included)
+        await asyncio.get_running_loop().run_in_executor(None, self._host.stop)
         self._thread.shutdown(wait=False)
 
     async def _blocking(self, fn: Any, msg: Any, buffers: Any) -> Any:

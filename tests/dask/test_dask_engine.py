@@ -149,7 +149,9 @@ def test_a_dask_worker_that_leaves_fails_only_its_item_and_the_pool_goes_on(dask
     from nbpool._engines import dask as _dask
 
     client = _dask._CLIENTS[dask_cluster.address]
-    with nbpool.Pool(2, address=dask_cluster.address, retries=1) as pool:
+    with nbpool.Pool(
+        2, address=dask_cluster.address, retries=1, initializer=f.init_state, initargs=(7,)
+    ) as pool:
         pool.map(f.sq, range(4), 1)
         r = pool.map_async(f.nap, [3.0, 3.0], 1)
         time.sleep(1.0)
@@ -158,6 +160,8 @@ def test_a_dask_worker_that_leaves_fails_only_its_item_and_the_pool_goes_on(dask
         assert r.get(60) == [3.0, 3.0]  # the lost item ran again on the other worker
         assert pool.map(f.sq, range(6), 1) == [x * x for x in range(6)]
         assert _wait_for(lambda: len(pool._engine.worker_pids()) == 2, 30)
+        # the slot placed again (on the restarted Dask worker) ran the initializer too
+        assert pool.map(f.read_state, range(8), 1) == [7] * 8
     with nbpool.Pool(1, address=dask_cluster.address) as pool:  # without retries: it fails
         r = pool.map_async(f.nap, [5.0], 1)
         time.sleep(1.0)
