@@ -71,7 +71,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/dashboard.py
 
-# nbpool against Ray's own Pool on a Ray head it starts on 127.0.0.1.
+# nbpool against Ray's Pool and Dask's client.map on a Ray head and a Dask cluster it starts on 127.0.0.1.
 bench-cluster: $(BIN)/.installed
 	$(BIN)/python benchmarks/cluster.py
 
