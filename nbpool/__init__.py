@@ -34,6 +34,8 @@ _WHERE = {
     "TaskTimeoutError": "._errors",
     "TimeoutError": "._errors",
     "WorkerLostError": "._errors",
+    "WorkerInfo": "._worker.current",
+    "current_worker": "._worker.current",
 }
 
 __all__ = [
@@ -53,8 +55,10 @@ __all__ = [
     "TaskExitError",
     "TaskTimeoutError",
     "TimeoutError",
+    "WorkerInfo",
     "WorkerLostError",
     "__version__",
+    "current_worker",
 ]
 
 if TYPE_CHECKING:
@@ -79,6 +83,7 @@ if TYPE_CHECKING:
         IMapUnorderedIterator,
         MapResult,
     )
+    from ._worker.current import WorkerInfo, current_worker
 
 
 def load_ipython_extension(ipython: object) -> None:

@@ -59,9 +59,12 @@ class IteratorSource:
     iterable raised, and ends the input (the stdlib does the same for ``imap``).
     """
 
-    def __init__(self, iterable: Iterable[Any]) -> None:
-        self.it: Iterator[Any] = iter(iterable)
-        self.length: int | None = None
+    def __init__(self, iterable: Iterable[Any], length: int | None = None) -> None:
+        """``length`` (``iterable_len=``): at most that many items are taken, and the progress
+        views know the total before the input ends."""
+        it: Iterator[Any] = iter(iterable)
+        self.it = it if length is None else itertools.islice(it, length)
+        self.length: int | None = length
         self.pos = 0
         self.exhausted = False
         self.error: BaseException | None = None
@@ -77,6 +80,8 @@ class IteratorSource:
         if len(out) < n:
             self.exhausted = True
         self.pos += len(out)
+        if self.exhausted and self.length is not None:  # shorter than iterable_len said
+            self.length = self.pos + (1 if self.error is not None else 0)
         return out
 
 

@@ -93,6 +93,38 @@ def _wait(result: Any) -> Any:
     return value
 
 
+def _worker_args(pass_worker_id: Any, shared_objects: Any, use_worker_state: Any) -> tuple:
+    """What each task gets before its item, in mpire's order: worker id, shared objects,
+    worker state (see ``_worker.protocol.Hello``)."""
+    for name, value in (("pass_worker_id", pass_worker_id), ("use_worker_state", use_worker_state)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, not {value!r}")
+    return tuple(
+        name
+        for name, on in (
+            ("id", pass_worker_id),
+            ("shared", shared_objects is not None),
+            ("state", use_worker_state),
+        )
+        if on
+    )
+
+
+def _dump_shared(shared_objects: Any) -> Any:
+    """Pickled once for all workers (large buffers out of band); an unpicklable one fails
+    here, in the caller, naming what it is."""
+    from ._errors import SerializationError
+    from ._worker.serialize import dumps_data
+
+    try:
+        return dumps_data(shared_objects)
+    except Exception as exc:
+        raise SerializationError(
+            f"shared_objects cannot be pickled ({type(exc).__name__}: {exc}): pass data the "
+            "workers can rebuild (arrays, dicts, paths), or open the resource in the task"
+        ) from exc
+
+
 class Pool:
     """A process pool with the ``multiprocessing.Pool`` API that works in notebooks.
 
@@ -164,9 +196,20 @@ class Pool:
         ray_address: str | None = None,
         address: Any = None,
         backend: str | None = None,
+        n_jobs: int | None = None,
+        pass_worker_id: bool = False,
+        shared_objects: Any = None,
+        use_worker_state: bool = False,
     ) -> None:
         self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
         self._engine: Engine | None = None
+        if n_jobs is not None:
+            if processes is not None:
+                raise TypeError("give processes= or its alias n_jobs= (mpire's name), not both")
+            if isinstance(n_jobs, bool) or not isinstance(n_jobs, int):
+                raise TypeError(f"n_jobs must be an int or None, not {n_jobs!r}")
+            processes = n_jobs
+        worker_args = _worker_args(pass_worker_id, shared_objects, use_worker_state)
         if processes is not None and (
             isinstance(processes, bool) or not isinstance(processes, int)
         ):
@@ -244,6 +287,8 @@ class Pool:
                 lifeline=lifeline,
                 started=started,
                 new_worker=new_worker,
+                worker_args=worker_args,
+                shared=_dump_shared(shared_objects) if "shared" in worker_args else None,
             )
         except BaseException:
             for w in started:  # don't leave early-started workers behind
@@ -459,23 +504,49 @@ class Pool:
         __tracebackhide__ = True
         return _wait(self._map_async(func, iterable, "star", chunksize, progress=progress))
 
-    def _imap(self, func, iterable, chunksize, result, progress) -> Any:
+    def _imap(self, func, iterable, chunksize, result, progress, iterable_len=None) -> Any:
         self._check_running()
         check_chunksize(chunksize)
+        if iterable_len is not None:
+            if isinstance(iterable_len, bool) or not isinstance(iterable_len, int):
+                raise TypeError(f"iterable_len must be an int or None, not {iterable_len!r}")
+            if iterable_len < 0:
+                raise ValueError(f"iterable_len must be 0 or more, not {iterable_len}")
         if isinstance(iterable, (list, tuple, range)):
+            if iterable_len is not None and iterable_len < len(iterable):
+                iterable = iterable[:iterable_len]
             source: Any = SequenceSource(iterable)
         else:
-            source = IteratorSource(iterable)
+            source = IteratorSource(iterable, iterable_len)
         self._submit(func, "map", source, result, chunksize, progress)
         return result
 
-    def imap(self, func, iterable, chunksize=None, *, progress=None) -> IMapIterator:
-        return self._imap(func, iterable, chunksize, IMapIterator(), progress)
+    def imap(
+        self, func, iterable, chunksize=None, *, iterable_len=None, progress=None
+    ) -> IMapIterator:
+        return self._imap(func, iterable, chunksize, IMapIterator(), progress, iterable_len)
 
     def imap_unordered(
-        self, func, iterable, chunksize=None, *, progress=None
+        self, func, iterable, chunksize=None, *, iterable_len=None, progress=None
     ) -> IMapUnorderedIterator:
-        return self._imap(func, iterable, chunksize, IMapUnorderedIterator(), progress)
+        return self._imap(
+            func, iterable, chunksize, IMapUnorderedIterator(), progress, iterable_len
+        )
+
+    def map_unordered(self, func, iterable, chunksize=None, *, iterable_len=None, progress=None):
+        """``map`` whose list is in completion order (mpire's ``map_unordered``): the results
+        of ``imap_unordered``, collected.
+
+        Example::
+
+            pool.map_unordered(slow_square, range(10))   # e.g. [0, 4, 1, 9, ...]
+        """
+        __tracebackhide__ = True
+        return list(
+            self.imap_unordered(
+                func, iterable, chunksize, iterable_len=iterable_len, progress=progress
+            )
+        )
 
     def __del__(self) -> None:
         # As the stdlib: a running pool that is garbage collected warns (its finalizer then

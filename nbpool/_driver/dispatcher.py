@@ -126,8 +126,12 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         lifeline: tuple[int, int] | None = None,
         started: Sequence[Worker] = (),
         new_worker: Callable[[int], Worker] | None = None,
+        worker_args: tuple[str, ...] = (),
+        shared: tuple[Any, list[Any]] | None = None,
     ) -> None:
         self.nworkers = processes
+        self._worker_args = worker_args  # see _worker.protocol.Hello
+        self._shared = shared  # the shared objects, pickled once for every worker
         # How a worker for a slot is started: a local process unless an engine says otherwise
         # (``_engines.ray``: an actor behind a bridge thread). Everything else here is the same.
         self._new_worker = new_worker or (lambda slot: LocalWorker(slot, self._lifeline_r))
@@ -334,8 +338,14 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             data, oob = self._initargs
             buffers = [data, *oob]
             w.globals = {(m, name): got for m, name, got, _ in self._initializer.globals}
+        n_init = len(buffers)
+        if self._shared is not None:
+            buffers += [self._shared[0], *self._shared[1]]
         w.log_levels = caller_log_levels()  # (this thread reads the caller's logging config)
-        self._send(w, Hello(slot, tuple(sys.path), self._initializer, w.log_levels), buffers)
+        hello = Hello(
+            slot, tuple(sys.path), self._initializer, w.log_levels, self._worker_args, n_init
+        )
+        self._send(w, hello, buffers)
 
     def _engine_failed(self, exc: BaseException) -> None:
         """No worker can be started any more: every job fails with ``exc``, the pool stops."""

@@ -344,7 +344,7 @@ class BridgedWorker(WorkerHandle):
             raise _Over from None
         if isinstance(msg, Hello):
             if not self.keep_sys_path:
-                msg = Hello(msg.worker_id, (), msg.initializer, msg.log_levels)
+                msg = msg.replace(sys_path=())
             self._queued.append(("hello", msg, buffers))
         elif isinstance(msg, RunChunk):
             self._queued.append(("run", msg, buffers))

@@ -69,7 +69,7 @@ class Host:
         w = self._worker = Worker(hello.worker_id, self._lifeline[0])
         for fd in w.out_fds:
             os.set_blocking(fd, False)
-        self._send(hello, buffers)
+        self._send(hello.replace(host=self.host, node=self.node), buffers)
         reply, _ = self._reply()
         if isinstance(reply, Ready):
             reply = Ready(reply.worker_id, reply.pid, self.host, self.node)

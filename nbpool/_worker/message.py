@@ -48,6 +48,10 @@ class Message:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen")
 
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` (as ``dataclasses.replace``)."""
+        return type(self)(**{**self.__dict__, **changes})
+
     def _values(self) -> tuple[Any, ...]:
         d = self.__dict__
         return tuple(d[f] for f in self._fields)

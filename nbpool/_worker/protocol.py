@@ -55,7 +55,12 @@ class Hello(Message):
     sys_path: tuple[str, ...]
     initializer: FnPayload | None
     log_levels: tuple[tuple[str, int], ...] = ()  # the caller's logger levels (see _worker.wlog)
-    # buffers[0] (if initializer): pickled initargs
+    # What a task gets before its item, in this order (mpire's): "id" (the worker id),
+    # "shared" (the pool's shared objects), "state" (a dict kept while the worker lives).
+    worker_args: tuple[str, ...] = ()
+    init_buffers: int = 0  # buffers[:init_buffers]: pickled initargs; the rest: shared objects
+    host: str = ""  # where the worker runs, when its transport knows it (a cluster node)
+    node: str = ""
 
 
 # How many distinct functions a worker keeps loaded; the caller mirrors this LRU exactly.

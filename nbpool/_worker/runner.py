@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import OrderedDict
+from functools import partial
 
 from .functions import load_fn
 from .protocol import (
@@ -151,6 +152,7 @@ class Runner:
         self.fns: OrderedDict[bytes, Any] = OrderedDict()
         self.cancelled: set[int] = set()
         self._send_log = send_log
+        self.prefix: tuple[Any, ...] = ()  # what each task gets before its item (Hello)
 
     def hello(
         self,
@@ -163,8 +165,12 @@ class Runner:
         node: str = "",
     ) -> InitFailed | Ready:
         """Set up from the first message; run the initializer. ``InitFailed``: exit after it."""
+        from .current import WorkerInfo, set_current
+
         wid = self.wid = hello.worker_id
+        host, node = host or hello.host, node or hello.node
         set_identity(wid, parent, lifeline)
+        set_current(WorkerInfo(wid, pid, host, node))
         install_log_hook(lambda record: self._send_log(LogRecord(wid, record)))
         apply_log_levels(hello.log_levels)
         if hello.sys_path:
@@ -172,15 +178,23 @@ class Runner:
             sys.path[:] = list(hello.sys_path) + (
                 [own_path] if own_path not in hello.sys_path else []
             )
-        if hello.initializer is not None:
-            try:
+        n = hello.init_buffers
+        try:
+            if hello.worker_args:
+                # Shared objects are unpickled once, here: every item gets the same object.
+                shared = None
+                if "shared" in hello.worker_args:
+                    shared = loads_data(buffers[n], buffers[n + 1 :])
+                got: dict[str, Any] = {"id": wid, "shared": shared, "state": {}}
+                self.prefix = tuple(got[a] for a in hello.worker_args)
+            if hello.initializer is not None:
                 init = load_fn(hello.initializer)
-                initargs = loads_data(buffers[0], buffers[1:])
+                initargs = loads_data(buffers[0], buffers[1:n])
                 init(*initargs)
-            except BaseException as exc:
-                data, text, lost = pack_exception(exc, __name__)
-                flush_std()
-                return InitFailed(wid, data, text, lost)
+        except BaseException as exc:
+            data, text, lost = pack_exception(exc, __name__)
+            flush_std()
+            return InitFailed(wid, data, text, lost)
         flush_std()  # what the initializer printed is out before Ready (see _driver.inbox)
         return Ready(wid, pid, host, node)
 
@@ -209,6 +223,8 @@ class Runner:
             slot[2] = STAGE_IDLE
             return FnLoadFailed(wid, msg.job_id, msg.chunk_id, "function not loaded"), []
         fns.move_to_end(msg.fn_digest)
+        if self.prefix:  # worker id, shared objects, worker state (see Hello.worker_args)
+            fn = partial(fn, *self.prefix)
         if msg.job_id in self.cancelled:
             slot[2] = STAGE_IDLE
             return ChunkDone(wid, msg.job_id, msg.chunk_id, 0.0, skipped=True), []

@@ -24,8 +24,10 @@ EXPECTED = {
     "TaskExitError",
     "TaskTimeoutError",
     "TimeoutError",
+    "WorkerInfo",
     "WorkerLostError",
     "__version__",
+    "current_worker",
 }
 
 

@@ -1,0 +1,105 @@
+"""mpire's worker features on every engine: worker id, worker state, shared objects,
+``current_worker()``, ``n_jobs``, ``map_unordered``, ``iterable_len``. The same tests run on the
+local engine (core run) and on Ray and Dask (their runs), with notebook-style functions."""
+
+from __future__ import annotations
+
+import itertools
+
+import nbfuncs as f
+import pytest
+
+import nbpool
+
+
+def test_worker_id_shared_objects_and_state_come_before_the_item_in_mpires_order(engine):
+    def task(worker_id, shared, state, x):
+        state["seen"] = state.get("seen", 0) + 1  # kept across items and calls
+        me = nbpool.current_worker()
+        return worker_id, me.id, me.pid, shared["scale"] * x, state["seen"]
+
+    shared = {"scale": 10}
+    with nbpool.Pool(
+        2, pass_worker_id=True, shared_objects=shared, use_worker_state=True, **engine
+    ) as pool:
+        first = pool.map(task, range(8), 1)
+        again = pool.map(task, range(4), 1)
+        star = pool.starmap(lambda wid, sh, st, a, b: (wid, a + b), [(1, 2)])
+        applied = pool.apply(lambda wid, sh, st, a, *, b: (sh is not None, a * b), (3,), {"b": 4})
+    assert [r[3] for r in first] == [10 * x for x in range(8)]
+    assert all(r[0] == r[1] and r[0] in (0, 1) for r in first + again)
+    # the state counts every item a worker ran, across both calls
+    for wid in (0, 1):
+        counts = [r[4] for r in first + again if r[0] == wid]
+        assert counts == list(range(1, len(counts) + 1))
+    assert star[0][1] == 3 and star[0][0] in (0, 1)
+    assert applied == (True, 12)
+
+
+def test_only_the_options_given_are_passed(engine):
+    with nbpool.Pool(2, use_worker_state=True, **engine) as pool:
+        assert pool.map(lambda state, x: (type(state).__name__, x), [5]) == [("dict", 5)]
+    with nbpool.Pool(1, pass_worker_id=True, **engine) as pool:
+        assert pool.map(lambda wid, x: wid + x, [5]) == [5]
+
+
+def test_shared_objects_are_unpickled_once_per_worker(engine):
+    """Every item of a worker gets the same object (by identity), over several calls."""
+    with nbpool.Pool(2, shared_objects=[1, 2, 3], pass_worker_id=True, **engine) as pool:
+        ids = pool.map(lambda wid, shared, x: (wid, id(shared)), range(10), 1)
+        ids += pool.map(lambda wid, shared, x: (wid, id(shared)), range(10), 1)
+    for wid in {w for w, _ in ids}:
+        assert len({i for w, i in ids if w == wid}) == 1
+
+
+def test_a_replacement_worker_keeps_its_slots_id_and_starts_a_new_state(engine):
+    with nbpool.Pool(
+        2, maxtasksperchild=2, pass_worker_id=True, use_worker_state=True, **engine
+    ) as pool:
+        got = pool.map(lambda wid, st, x: (wid, f.pid(), st.setdefault("n", x)), range(8), 1)
+    assert {wid for wid, _, _ in got} <= {0, 1}
+    by_pid: dict[int, set[int]] = {}
+    for wid, pid, _ in got:
+        by_pid.setdefault(pid, set()).add(wid)
+    assert len(by_pid) == 4 and all(len(w) == 1 for w in by_pid.values())
+    # each new worker's state started empty: n is the first item that very process ran
+    for pid in by_pid:
+        ran = [x for x, (_, p, _) in enumerate(got) if p == pid]
+        assert {n for _, p, n in got if p == pid} == {min(ran)}
+
+
+def test_current_worker_is_none_in_the_caller(engine):
+    assert nbpool.current_worker() is None
+    with nbpool.Pool(1, **engine) as pool:
+        me = pool.apply(nbpool.current_worker)
+    assert me.id == 0 and me.pid > 0 and me.host
+
+
+def test_n_jobs_map_unordered_and_iterable_len(engine):
+    with nbpool.Pool(n_jobs=2, **engine) as pool:
+        assert pool._processes == 2
+        assert sorted(pool.map_unordered(f.sq, range(20))) == [x * x for x in range(20)]
+        gen = (x for x in itertools.count())  # endless: iterable_len bounds it
+        assert sorted(pool.imap_unordered(f.sq, gen, iterable_len=5)) == [0, 1, 4, 9, 16]
+        assert list(pool.imap(f.sq, iter(range(3)), iterable_len=10)) == [0, 1, 4]
+        assert pool.map_unordered(f.sq, [1, 2, 3], iterable_len=1) == [1]
+
+
+def test_bad_values_name_the_option():
+    with pytest.raises(TypeError, match="n_jobs"):
+        nbpool.Pool(2, n_jobs=2)
+    with pytest.raises(TypeError, match="n_jobs must be an int"):
+        nbpool.Pool(n_jobs="2")
+    with pytest.raises(ValueError, match="at least 1"):
+        nbpool.Pool(n_jobs=0)
+    with pytest.raises(TypeError, match="pass_worker_id must be True or False"):
+        nbpool.Pool(1, pass_worker_id=1)
+    with pytest.raises(TypeError, match="use_worker_state must be True or False"):
+        nbpool.Pool(1, use_worker_state="yes")
+    with pytest.raises(nbpool.SerializationError, match="shared_objects cannot be pickled"):
+        nbpool.Pool(1, shared_objects=open(__file__))  # noqa: SIM115
+    with nbpool.Pool(1) as pool:
+        with pytest.raises(ValueError, match="iterable_len must be 0 or more"):
+            pool.imap(f.sq, [1], iterable_len=-1)
+        with pytest.raises(TypeError, match="iterable_len must be an int"):
+            pool.map_unordered(f.sq, [1], iterable_len=1.5)
