@@ -110,6 +110,39 @@ def _worker_args(pass_worker_id: Any, shared_objects: Any, use_worker_state: Any
     )
 
 
+def _cpu_pins(cpu_ids: Any, processes: int, here: bool) -> list[tuple[int, ...]] | None:
+    """``cpu_ids`` as mpire takes it (one entry for every worker, or one per worker; an entry
+    is a CPU id or a list of them) -> the CPU ids of each worker slot. ``here``: the workers run
+    on this machine, so the ids are checked against its CPUs now."""
+    if cpu_ids is None:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError("cpu_ids= needs Linux (os.sched_setaffinity); leave it out here")
+    if isinstance(cpu_ids, (str, bytes)) or not isinstance(cpu_ids, (list, tuple)):
+        raise TypeError(
+            f"cpu_ids must be a list (of CPU ids, or of lists of them), not {cpu_ids!r}"
+        )
+    if len(cpu_ids) not in (1, processes):
+        raise ValueError(
+            f"cpu_ids has {len(cpu_ids)} entries: give one (for every worker) or one per worker "
+            f"({processes})"
+        )
+    pins = []
+    mine = os.sched_getaffinity(0) if here else None
+    for entry in cpu_ids:
+        ids = tuple(entry) if isinstance(entry, (list, tuple, set, frozenset)) else (entry,)
+        for cpu in ids:
+            if isinstance(cpu, bool) or not isinstance(cpu, int):
+                raise TypeError(f"cpu_ids: a CPU id must be an int, not {cpu!r}")
+            if cpu < 0 or (mine is not None and cpu not in mine):
+                have = f": it has {sorted(mine)}" if mine is not None else ""
+                raise ValueError(f"cpu_ids: this machine has no CPU {cpu} (for nbpool){have}")
+        if not ids:
+            raise ValueError("cpu_ids: an entry is an empty list; give at least one CPU id")
+        pins.append(ids)
+    return pins * processes if len(pins) == 1 else pins
+
+
 def _dump_shared(shared_objects: Any) -> Any:
     """Pickled once for all workers (large buffers out of band); an unpicklable one fails
     here, in the caller, naming what it is."""
@@ -200,6 +233,8 @@ class Pool:
         pass_worker_id: bool = False,
         shared_objects: Any = None,
         use_worker_state: bool = False,
+        worker_lifespan: int | None = None,
+        cpu_ids: Any = None,
     ) -> None:
         self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
         self._engine: Engine | None = None
@@ -232,12 +267,28 @@ class Pool:
             new_worker = functools.partial(_dask.DaskWorker, client=client, address=self.address)
         elif processes is None:
             processes = os.cpu_count() or 1
+        if worker_lifespan is not None:
+            if maxtasksperchild is not None:
+                raise TypeError(
+                    "give maxtasksperchild= or its alias worker_lifespan= (mpire's name), not both"
+                )
+            if (
+                isinstance(worker_lifespan, bool)
+                or not isinstance(worker_lifespan, int)
+                or worker_lifespan <= 0
+            ):
+                raise ValueError(
+                    f"worker_lifespan must be a positive int (items) or None, not "
+                    f"{worker_lifespan!r}"
+                )
+            maxtasksperchild = worker_lifespan
         if maxtasksperchild is not None and (
             isinstance(maxtasksperchild, bool)
             or not isinstance(maxtasksperchild, int)
             or maxtasksperchild <= 0
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
+        pins = _cpu_pins(cpu_ids, processes, self.backend == "local")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if serializer not in _SERIALIZERS:
@@ -288,6 +339,7 @@ class Pool:
                 started=started,
                 new_worker=new_worker,
                 worker_args=worker_args,
+                cpu_pins=pins,
                 shared=_dump_shared(shared_objects) if "shared" in worker_args else None,
             )
         except BaseException:

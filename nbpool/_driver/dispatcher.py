@@ -128,8 +128,10 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         new_worker: Callable[[int], Worker] | None = None,
         worker_args: tuple[str, ...] = (),
         shared: tuple[Any, list[Any]] | None = None,
+        cpu_pins: list[tuple[int, ...]] | None = None,
     ) -> None:
         self.nworkers = processes
+        self._cpu_pins = cpu_pins  # slot -> the CPU ids its worker is pinned to
         self._worker_args = worker_args  # see _worker.protocol.Hello
         self._shared = shared  # the shared objects, pickled once for every worker
         # How a worker for a slot is started: a local process unless an engine says otherwise
@@ -343,7 +345,13 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             buffers += [self._shared[0], *self._shared[1]]
         w.log_levels = caller_log_levels()  # (this thread reads the caller's logging config)
         hello = Hello(
-            slot, tuple(sys.path), self._initializer, w.log_levels, self._worker_args, n_init
+            slot,
+            tuple(sys.path),
+            self._initializer,
+            w.log_levels,
+            self._worker_args,
+            n_init,
+            cpu_ids=self._cpu_pins[slot] if self._cpu_pins else (),
         )
         self._send(w, hello, buffers)
 

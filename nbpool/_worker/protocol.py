@@ -61,6 +61,7 @@ class Hello(Message):
     init_buffers: int = 0  # buffers[:init_buffers]: pickled initargs; the rest: shared objects
     host: str = ""  # where the worker runs, when its transport knows it (a cluster node)
     node: str = ""
+    cpu_ids: tuple[int, ...] = ()  # pin the worker to these CPUs (``cpu_ids=``)
 
 
 # How many distinct functions a worker keeps loaded; the caller mirrors this LRU exactly.

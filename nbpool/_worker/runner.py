@@ -138,6 +138,20 @@ def flush_std() -> None:
             pass
 
 
+def _pin(cpus: tuple[int, ...]) -> None:
+    """Pin this process to ``cpus``; an id this node does not have is a ValueError naming it
+    (on a cluster node, whose CPUs the caller could not check)."""
+    import os
+
+    have = os.sched_getaffinity(0)
+    missing = [c for c in cpus if c not in have]
+    if missing:
+        raise ValueError(
+            f"cpu_ids: this node has no CPU {missing[0]} for this worker (it has {sorted(have)})"
+        )
+    os.sched_setaffinity(0, cpus)
+
+
 class Runner:
     """One worker's state: its id, the functions it holds, the jobs cancelled under it.
 
@@ -180,6 +194,8 @@ class Runner:
             )
         n = hello.init_buffers
         try:
+            if hello.cpu_ids:
+                _pin(hello.cpu_ids)
             if hello.worker_args:
                 # Shared objects are unpickled once, here: every item gets the same object.
                 shared = None

@@ -4,7 +4,9 @@ local engine (core run) and on Ray and Dask (their runs), with notebook-style fu
 
 from __future__ import annotations
 
+import collections
 import itertools
+import os
 
 import nbfuncs as f
 import pytest
@@ -85,6 +87,30 @@ def test_n_jobs_map_unordered_and_iterable_len(engine):
         assert pool.map_unordered(f.sq, [1, 2, 3], iterable_len=1) == [1]
 
 
+def test_worker_lifespan_counts_items(engine):
+    with nbpool.Pool(2, worker_lifespan=3, **engine) as pool:
+        pids = collections.Counter(pool.map(f.pid, range(12), 1))
+    # at most 3 items a process (a worker with items left over simply stays), so >= 4 of them
+    assert max(pids.values()) == 3 and len(pids) >= 4
+
+
+def _affinity(wid, _x):
+    import os
+
+    return wid, sorted(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU pinning needs Linux")
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_cpu_ids_pin_each_worker_or_all_of_them(engine):
+    a, b = sorted(os.sched_getaffinity(0))[:2]
+    with nbpool.Pool(2, cpu_ids=[a, b], pass_worker_id=True, **engine) as pool:
+        got = set(map(tuple, (tuple([w, tuple(c)]) for w, c in pool.map(_affinity, range(6), 1))))
+    assert got <= {(0, (a,)), (1, (b,))} and len(got) == 2
+    with nbpool.Pool(2, cpu_ids=[[a, b]], pass_worker_id=True, **engine) as pool:
+        assert {tuple(c) for _, c in pool.map(_affinity, range(4), 1)} == {(a, b)}
+
+
 def test_bad_values_name_the_option():
     with pytest.raises(TypeError, match="n_jobs"):
         nbpool.Pool(2, n_jobs=2)
@@ -98,6 +124,16 @@ def test_bad_values_name_the_option():
         nbpool.Pool(1, use_worker_state="yes")
     with pytest.raises(nbpool.SerializationError, match="shared_objects cannot be pickled"):
         nbpool.Pool(1, shared_objects=open(__file__))  # noqa: SIM115
+    with pytest.raises(TypeError, match="worker_lifespan"):
+        nbpool.Pool(1, maxtasksperchild=2, worker_lifespan=2)
+    with pytest.raises(ValueError, match="worker_lifespan must be a positive int"):
+        nbpool.Pool(1, worker_lifespan=-1)
+    with pytest.raises(ValueError, match="this machine has no CPU 4096"):
+        nbpool.Pool(1, cpu_ids=[4096])
+    with pytest.raises(ValueError, match="cpu_ids has 3 entries"):
+        nbpool.Pool(2, cpu_ids=[0, 0, 0])
+    with pytest.raises(TypeError, match="cpu_ids must be a list"):
+        nbpool.Pool(1, cpu_ids=0)
     with nbpool.Pool(1) as pool:
         with pytest.raises(ValueError, match="iterable_len must be 0 or more"):
             pool.imap(f.sq, [1], iterable_len=-1)
