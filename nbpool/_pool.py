@@ -235,6 +235,10 @@ class Pool:
         use_worker_state: bool = False,
         worker_lifespan: int | None = None,
         cpu_ids: Any = None,
+        worker_init: Callable[..., object] | None = None,
+        worker_exit: Callable[..., object] | None = None,
+        worker_init_timeout: float | None = None,
+        worker_exit_timeout: float | None = None,
     ) -> None:
         self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
         self._engine: Engine | None = None
@@ -293,6 +297,13 @@ class Pool:
             raise TypeError("initializer must be a callable")
         if serializer not in _SERIALIZERS:
             raise ValueError(f"serializer must be one of {_SERIALIZERS}, not {serializer!r}")
+        for name, hook in (("worker_init", worker_init), ("worker_exit", worker_exit)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be a callable or None, not {hook!r}")
+        hook_timeouts = (
+            check_seconds("worker_init_timeout", worker_init_timeout),
+            check_seconds("worker_exit_timeout", worker_exit_timeout),
+        )
         self._retries = check_int("retries", retries, minimum=0)
         self._task_timeout = check_seconds("task_timeout", task_timeout)
         self._progress = check_progress(progress)
@@ -340,6 +351,11 @@ class Pool:
                 new_worker=new_worker,
                 worker_args=worker_args,
                 cpu_pins=pins,
+                hooks=(
+                    dumps_fn(worker_init, serializer, role="worker_init") if worker_init else None,
+                    dumps_fn(worker_exit, serializer, role="worker_exit") if worker_exit else None,
+                ),
+                hook_timeouts=hook_timeouts,
                 shared=_dump_shared(shared_objects) if "shared" in worker_args else None,
             )
         except BaseException:
@@ -420,6 +436,28 @@ class Pool:
         if self._engine is not None:
             self._engine.join()
             self._engine.events.join(CALLBACK_WAIT_S)
+
+    def get_exit_results(self) -> list[Any]:
+        """What the ``worker_exit`` hooks returned, one entry per worker that exited on its own
+        (at ``close()``/``join()``, or replaced after ``worker_lifespan``), in the order they
+        exited. Call it after ``join()``. If a hook raised (or ran past
+        ``worker_exit_timeout``), that exception is raised here.
+
+        Example::
+
+            pool = Pool(2, use_worker_state=True, worker_exit=lambda state: state.get("n", 0))
+            pool.map(count_into_state, items)
+            pool.close(); pool.join()
+            pool.get_exit_results()     # e.g. [52, 48]
+        """
+        if self._state == _RUN:
+            raise ValueError("get_exit_results() is for after close() and join()")
+        engine = self._engine
+        if engine is None:
+            return []
+        if engine.exit_errors:
+            raise engine.exit_errors[0]
+        return list(engine.exit_results)
 
     def dashboard(self) -> None:
         """Show a live dashboard of the whole pool (every worker, every call) under the cell.

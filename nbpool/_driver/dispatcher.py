@@ -129,8 +129,14 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         worker_args: tuple[str, ...] = (),
         shared: tuple[Any, list[Any]] | None = None,
         cpu_pins: list[tuple[int, ...]] | None = None,
+        hooks: tuple[FnPayload | None, FnPayload | None] = (None, None),
+        hook_timeouts: tuple[float | None, float | None] = (None, None),
     ) -> None:
         self.nworkers = processes
+        self._worker_init, self._worker_exit = hooks  # mpire's worker_init / worker_exit
+        self._init_timeout, self._exit_timeout = hook_timeouts
+        self.exit_results: list[Any] = []  # what worker_exit hooks returned (Pool.get_exit_results)
+        self.exit_errors: list[BaseException] = []
         self._cpu_pins = cpu_pins  # slot -> the CPU ids its worker is pinned to
         self._worker_args = worker_args  # see _worker.protocol.Hello
         self._shared = shared  # the shared objects, pickled once for every worker
@@ -266,7 +272,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
                     for w in list(self._all):
                         if not w.retiring:
                             w.retiring = True
-                            self._send(w, Shutdown(w.wid))
+                            self._shutdown(w)
                 for key, _ in self._sel.select(self._timers.timeout()):
                     if key.data is None:
                         with contextlib.suppress(BlockingIOError):
@@ -352,8 +358,14 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             self._worker_args,
             n_init,
             cpu_ids=self._cpu_pins[slot] if self._cpu_pins else (),
+            worker_init=self._worker_init,
+            worker_exit=self._worker_exit,
         )
+        if self._worker_init is not None:  # its globals are applied in the worker too
+            w.globals.update({(m, name): got for m, name, got, _ in self._worker_init.globals})
         self._send(w, hello, buffers)
+        if self._init_timeout is not None:
+            self._timers.call_later(self._init_timeout, lambda: self._check_init(w))
 
     def _engine_failed(self, exc: BaseException) -> None:
         """No worker can be started any more: every job fails with ``exc``, the pool stops."""
@@ -381,10 +393,39 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         except OSError:
             return False  # the worker is gone; its socket EOF / pidfd reports the death
 
+    def _shutdown(self, w: Worker) -> None:
+        """Ask it to exit once its work is done (it runs ``worker_exit`` first)."""
+        self._send(w, Shutdown(w.wid))
+        if self._exit_timeout is not None and self._worker_exit is not None:
+            self._timers.call_later(self._exit_timeout, lambda: self._check_exit(w))
+
+    def _check_init(self, w: Worker) -> None:
+        """``worker_init_timeout``: a worker not ready by now is stopped; what was sent to it
+        fails with the TimeoutError."""
+        if w.ready or w.dead or w not in self._all:
+            return
+        w.init_error = TimeoutError(
+            f"the worker did not finish starting (initializer, worker_init) within "
+            f"worker_init_timeout={self._init_timeout} s in {w.label}; it was stopped"
+        )
+        w.kill(w.init_error, note="worker_init timed out")
+
+    def _check_exit(self, w: Worker) -> None:
+        """``worker_exit_timeout``: a worker still in its exit hook by now is stopped."""
+        if w.exited_cleanly or w.dead or w not in self._all:
+            return
+        self.exit_errors.append(
+            TimeoutError(
+                f"worker_exit did not return within worker_exit_timeout={self._exit_timeout} s "
+                f"in {w.label}; the worker was stopped"
+            )
+        )
+        w.kill(note="worker_exit timed out")
+
     def _retire(self, w: Worker) -> None:
         """Let it finish what it has and exit; a fresh worker takes its slot now."""
         w.retiring = True
-        self._send(w, Shutdown(w.wid))
+        self._shutdown(w)
         if self._slots[w.wid] is w:
             self._slots[w.wid] = None
 

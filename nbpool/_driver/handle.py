@@ -52,6 +52,7 @@ class WorkerHandle:
         self.globals: dict[tuple[str, str], bytes] = {}  # mirror of its _worker.functions._APPLIED
         self.budget: int | None = None  # items left before maxtasksperchild retires it
         self.init_error: BaseException | None = None
+        self.exited_cleanly = False  # it answered Shutdown (ExitDone): its worker_exit ran
         self.last_output: Any = None  # _driver.output.OutputTarget of the last job it finished
         self.last_job: int | None = None
         self.log_levels: Any = None  # the logger levels it last got (see _worker.wlog)

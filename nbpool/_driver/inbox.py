@@ -13,6 +13,7 @@ from .._jobs import Chunk
 from .._worker.protocol import (
     ChunkDone,
     ChunkLoadFailed,
+    ExitDone,
     FnLoadFailed,
     InitFailed,
     ItemFailure,
@@ -58,6 +59,9 @@ class InboxMixin(EngineState):
             target, _job = self._output_target(w)
             cell = target.cell if target is not None else None
             self.events.post(forward_log_record, (msg.record,), cell)
+        elif isinstance(msg, ExitDone):
+            self._drain_output(w)
+            self._on_exit_done(w, msg, buffers)
         elif isinstance(msg, InitFailed):
             w.init_error = rebuild_exception(
                 msg.error,
@@ -68,6 +72,32 @@ class InboxMixin(EngineState):
                 msg.lost,
             )
         return True
+
+    def _on_exit_done(self, w: Worker, msg: ExitDone, buffers: list[bytearray]) -> None:
+        """A ``worker_exit`` hook's result (``Pool.get_exit_results``), or what it raised."""
+        w.exited_cleanly = True
+        if not msg.ran:
+            return
+        if msg.error:
+            self.exit_errors.append(
+                rebuild_exception(
+                    msg.error,
+                    msg.tb,
+                    "Exception",
+                    "worker_exit failed",
+                    f"worker_exit raised in {w.label}:",
+                    msg.lost,
+                )
+            )
+            return
+        try:
+            self.exit_results.append(loads_data(buffers[0], buffers[1:]))
+        except BaseException as exc:
+            self.exit_errors.append(
+                SerializationError(
+                    f"the result of worker_exit in {w.label} could not be unpickled here: {exc}"
+                )
+            )
 
     def _drain(self, w: Worker) -> None:
         """Read what a dead worker sent before it died: results it finished are not lost."""

@@ -33,6 +33,8 @@ class EngineState:
     _jobs: dict[int, Job]
     _pending: collections.deque[Job]
     _startup_failures: list[int]
+    exit_results: list[Any]
+    exit_errors: list[BaseException]
     _terminating: bool
     _closing: bool
     _max_memory: int | None

@@ -351,6 +351,8 @@ class BridgedWorker(WorkerHandle):
         elif isinstance(msg, Cancel):
             self._call("cancel", msg.job_id)
         elif isinstance(msg, Shutdown):
+            # its answer (ExitDone, after the worker_exit hook) is the last call's
+            self._queued.append(("exit", msg, []))
             return True
         return False
 

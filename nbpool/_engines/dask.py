@@ -163,6 +163,9 @@ class _DaskHost:
     async def run(self, msg: Any, *buffers: Any) -> Any:
         return await self._blocking(self._host.run, msg, buffers)
 
+    async def exit(self, msg: Any) -> Any:
+        return await self._blocking(self._host.exit, msg, ())
+
     async def poll(self) -> Any:
         return self._host.poll()
 

@@ -82,6 +82,10 @@ class Host:
         out = [b if isinstance(b, (bytes, bytearray)) else bytes(b) for b in out]
         return reply, out, self._drain()
 
+    def exit(self, msg: Any, buffers: list[Any]) -> tuple[Any, list[Any], tuple[Any, ...]]:
+        """Shutdown: the process runs its worker_exit hook, answers, and exits."""
+        return self.run(msg, buffers)
+
     def _send(self, msg: Any, buffers: Any) -> None:
         try:
             with self._send_lock:

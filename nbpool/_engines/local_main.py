@@ -132,6 +132,8 @@ def main() -> None:
         _take(ch, pending, runner.cancelled)
         msg, buffers = pending.popleft()
         if isinstance(msg, Shutdown):
+            done, out = runner.exit()  # the worker_exit hook, if any
+            ch.send(done, out)
             break
         assert isinstance(msg, RunChunk)
         reply, out = runner.run_chunk(msg, buffers)

@@ -222,6 +222,11 @@ class _ActorImpl:
         self._slot[2] = STAGE_IDLE
         return reply, out, self._drain()
 
+    def exit(self, msg: Any) -> tuple[Any, list[Any], tuple[Any, ...]]:
+        reply, out = self._runner.exit()
+        out = [bytes(b) if not isinstance(b, (bytes, bytearray)) else b for b in out]
+        return reply, out, self._drain()
+
     def poll(self) -> tuple[Any, ...]:
         cpu = rss = None
         try:
@@ -244,7 +249,7 @@ class _ActorImpl:
 @functools.cache
 def _actor_class(ray: Any) -> Any:
     """The actor class, made once: each method in its concurrency group."""
-    groups = {"hello": "run", "run": "run", "poll": "ctl", "cancel": "ctl"}
+    groups = {"hello": "run", "run": "run", "exit": "run", "poll": "ctl", "cancel": "ctl"}
     ns = {
         name: ray.method(concurrency_group=group)(getattr(_ActorImpl, name))
         for name, group in groups.items()

@@ -31,6 +31,7 @@ __all__ = [
     "Channel",
     "ChunkDone",
     "ChunkLoadFailed",
+    "ExitDone",
     "FnLoadFailed",
     "Hello",
     "InitFailed",
@@ -62,6 +63,8 @@ class Hello(Message):
     host: str = ""  # where the worker runs, when its transport knows it (a cluster node)
     node: str = ""
     cpu_ids: tuple[int, ...] = ()  # pin the worker to these CPUs (``cpu_ids=``)
+    worker_init: FnPayload | None = None  # mpire's hooks: given what a task gets before its
+    worker_exit: FnPayload | None = None  # item; worker_exit runs on Shutdown (see ExitDone)
 
 
 # How many distinct functions a worker keeps loaded; the caller mirrors this LRU exactly.
@@ -123,6 +126,17 @@ class InitFailed(Message):
     worker_id: int
     error: bytes  # pickled exception (see ItemFailure)
     tb: str
+    lost: str = ""
+
+
+class ExitDone(Message):
+    """The answer to ``Shutdown``, last words of a worker that exits on its own: whether a
+    ``worker_exit`` hook ran, and what it raised (else buffers[0..] hold its pickled result)."""
+
+    worker_id: int
+    ran: bool = False
+    error: bytes = b""  # pickled exception (see ItemFailure)
+    tb: str = ""
     lost: str = ""
 
 

@@ -29,6 +29,7 @@ from .protocol import (
     TRACK_NONE,
     ChunkDone,
     ChunkLoadFailed,
+    ExitDone,
     FnLoadFailed,
     Hello,
     InitFailed,
@@ -167,6 +168,7 @@ class Runner:
         self.cancelled: set[int] = set()
         self._send_log = send_log
         self.prefix: tuple[Any, ...] = ()  # what each task gets before its item (Hello)
+        self._exit_hook: Any = None  # Hello.worker_exit, loaded when it runs
 
     def hello(
         self,
@@ -207,12 +209,31 @@ class Runner:
                 init = load_fn(hello.initializer)
                 initargs = loads_data(buffers[0], buffers[1:n])
                 init(*initargs)
+            if hello.worker_init is not None:
+                load_fn(hello.worker_init)(*self.prefix)
+            self._exit_hook = hello.worker_exit
         except BaseException as exc:
             data, text, lost = pack_exception(exc, __name__)
             flush_std()
             return InitFailed(wid, data, text, lost)
         flush_std()  # what the initializer printed is out before Ready (see _driver.inbox)
         return Ready(wid, pid, host, node)
+
+    def exit(self) -> tuple[ExitDone, list[Any]]:
+        """The answer to ``Shutdown``: run the ``worker_exit`` hook, if any, and ship what it
+        returned (or raised)."""
+        payload, self._exit_hook = self._exit_hook, None
+        if payload is None:
+            return ExitDone(self.wid), []
+        try:
+            result = load_fn(payload)(*self.prefix)
+            data, out = dumps_data(result, to_caller=True)
+        except BaseException as exc:
+            error, text, lost = pack_exception(exc, __name__)
+            flush_std()
+            return ExitDone(self.wid, True, error, text, lost), []
+        flush_std()
+        return ExitDone(self.wid, True), [data, *out]
 
     def run_chunk(self, msg: RunChunk, buffers: list[Any]) -> tuple[Any, list[Any]]:
         """The reply to a ``RunChunk`` and its buffers (the pickled results)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import time
 
 import nbfuncs as f
 import pytest
@@ -134,8 +135,74 @@ def test_bad_values_name_the_option():
         nbpool.Pool(2, cpu_ids=[0, 0, 0])
     with pytest.raises(TypeError, match="cpu_ids must be a list"):
         nbpool.Pool(1, cpu_ids=0)
+    with pytest.raises(TypeError, match="worker_init must be a callable"):
+        nbpool.Pool(1, worker_init=3)
+    with pytest.raises(ValueError, match="worker_exit_timeout"):
+        nbpool.Pool(1, worker_exit_timeout=-1)
     with nbpool.Pool(1) as pool:
         with pytest.raises(ValueError, match="iterable_len must be 0 or more"):
             pool.imap(f.sq, [1], iterable_len=-1)
         with pytest.raises(TypeError, match="iterable_len must be an int"):
             pool.map_unordered(f.sq, [1], iterable_len=1.5)
+
+
+def test_worker_init_and_exit_hooks_get_what_a_task_gets(engine):
+    def init(wid, state):
+        state["init"] = wid
+
+    def task(wid, state, x):
+        state["n"] = state.get("n", 0) + 1
+        return state["init"] == wid
+
+    def bye(wid, state):
+        return wid, state.get("n", 0)
+
+    pool = nbpool.Pool(
+        2, pass_worker_id=True, use_worker_state=True, worker_init=init, worker_exit=bye, **engine
+    )
+    assert all(pool.map(task, range(10), 1))
+    with pytest.raises(ValueError, match="after close"):
+        pool.get_exit_results()
+    pool.close()
+    pool.join()
+    got = sorted(pool.get_exit_results())
+    assert [wid for wid, _ in got] == [0, 1]
+    assert sum(n for _, n in got) == 10
+
+
+def test_worker_exit_runs_when_a_worker_retires_and_its_errors_surface(engine):
+    pool = nbpool.Pool(1, worker_lifespan=2, worker_exit=f.pid, **engine)
+    pids = pool.map(f.pid, range(6), 1)
+    pool.close()
+    pool.join()
+    exits = pool.get_exit_results()
+    # each worker that ran items reported once; so did the fresh one started for the slot
+    # after the last retirement (it ran none), if it started before close() reached the pool
+    assert set(pids) <= set(exits) and len(exits) == len(set(exits))
+    assert len(exits) - len(set(pids)) in (0, 1)
+    pool = nbpool.Pool(1, worker_exit=lambda: 1 / 0, **engine)
+    pool.map(f.sq, [1])
+    pool.close()
+    pool.join()
+    with pytest.raises(ZeroDivisionError) as info:
+        pool.get_exit_results()
+    assert "worker_exit raised" in str(info.value.__cause__)
+
+
+def test_hook_timeouts_stop_the_worker_and_say_so(engine):
+    def slow_init():
+        time.sleep(30)
+
+    with nbpool.Pool(1, worker_init=slow_init, worker_init_timeout=0.5, **engine) as pool:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"worker_init_timeout=0\.5"):
+            pool.map(f.sq, [1, 2], 1)
+        assert time.monotonic() - t0 < 20
+    pool = nbpool.Pool(1, worker_exit=slow_init, worker_exit_timeout=0.5, **engine)
+    pool.map(f.sq, [1])
+    pool.close()
+    t0 = time.monotonic()
+    pool.join()
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(TimeoutError, match=r"worker_exit_timeout=0\.5"):
+        pool.get_exit_results()
