@@ -24,6 +24,7 @@ _WHERE = {
     "IMapUnorderedIterator": "._results",
     "MapResult": "._results",
     "BackendUnavailableError": "._errors",
+    "CancelledError": "._errors",
     "ClusterConnectionError": "._errors",
     "MemoryLimitError": "._errors",
     "NbpoolError": "._errors",
@@ -36,12 +37,14 @@ _WHERE = {
     "WorkerLostError": "._errors",
     "WorkerInfo": "._worker.current",
     "current_worker": "._worker.current",
+    "wait": "._results",
 }
 
 __all__ = [
     "ApplyResult",
     "AsyncResult",
     "BackendUnavailableError",
+    "CancelledError",
     "ClusterConnectionError",
     "IMapIterator",
     "IMapUnorderedIterator",
@@ -59,11 +62,13 @@ __all__ = [
     "WorkerLostError",
     "__version__",
     "current_worker",
+    "wait",
 ]
 
 if TYPE_CHECKING:
     from ._errors import (
         BackendUnavailableError,
+        CancelledError,
         ClusterConnectionError,
         MemoryLimitError,
         NbpoolError,
@@ -82,6 +87,7 @@ if TYPE_CHECKING:
         IMapIterator,
         IMapUnorderedIterator,
         MapResult,
+        wait,
     )
     from ._worker.current import WorkerInfo, current_worker
 

@@ -23,11 +23,13 @@ drop-in code keeps working. User exceptions are re-raised as their own type, nev
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import multiprocessing
 import pickle
 
 __all__ = [
     "BackendUnavailableError",
+    "CancelledError",
     "ClusterConnectionError",
     "MemoryLimitError",
     "NbpoolError",
@@ -43,6 +45,10 @@ __all__ = [
 
 class NbpoolError(Exception):
     """Base class of every error nbpool raises on its own account."""
+
+
+class CancelledError(NbpoolError, concurrent.futures.CancelledError):
+    """``AsyncResult.cancel()`` stopped this call (a ``concurrent.futures.CancelledError``)."""
 
 
 class PoolClosedError(NbpoolError, ValueError):

@@ -437,6 +437,30 @@ class Pool:
             self._engine.join()
             self._engine.events.join(CALLBACK_WAIT_S)
 
+    def submit(self, fn, /, *args, **kwargs):
+        """``fn(*args, **kwargs)`` in a worker, as a ``concurrent.futures.Future`` (Ray's and
+        ``concurrent.futures``' way): it works with ``concurrent.futures.wait`` and
+        ``as_completed``, and with ``nbpool.wait``.
+
+        The future is running from the start (the pool takes the call at once), so its
+        ``cancel()`` returns False, as a ``ProcessPoolExecutor``'s does for a call a worker has
+        taken; to stop the call itself, use ``pool.apply_async(...).cancel()``.
+
+        Example::
+
+            futures = [pool.submit(score, m, fold=k) for m in models]
+            for f in concurrent.futures.as_completed(futures):
+                print(f.result())
+        """
+        import concurrent.futures
+
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
+        self.apply_async(
+            fn, args, kwargs, callback=future.set_result, error_callback=future.set_exception
+        )
+        return future
+
     def get_exit_results(self) -> list[Any]:
         """What the ``worker_exit`` hooks returned, one entry per worker that exited on its own
         (at ``close()``/``join()``, or replaced after ``worker_lifespan``), in the order they
@@ -522,6 +546,7 @@ class Pool:
         )
         # The job's id, never the job: a result must not keep the job's payload alive.
         sink._canceller = functools.partial(engine.cancel, job.id, reason)
+        sink._cancel_job = functools.partial(engine.cancel, job.id)
         sink._events, sink._cell = engine.events, job.cell
         sink._conclude = functools.partial(engine.conclude, job.id)
         if kind == "map" and isinstance(sink, IMapIterator):

@@ -10,6 +10,7 @@ job, its function or its arguments).
 from __future__ import annotations
 
 import collections
+import functools
 import signal
 import sys
 import threading
@@ -100,6 +101,7 @@ class ApplyResult:
         # Set by the pool on submission: how to cancel the job (it holds the job's id, never
         # the job), where callbacks run, and the cell they print to.
         self._canceller: Callable[[], None] | None = None
+        self._cancel_job: Callable[[BaseException, str], None] | None = None  # (cancel())
         self._events: Any = None  # the pool's _events.EventThread
         self._cell: Any = None
         self._wakers: list[Callable[[], None]] = []  # callback threads waiting on us
@@ -108,6 +110,28 @@ class ApplyResult:
 
     def ready(self) -> bool:
         return self._event.is_set()
+
+    def cancel(self) -> bool:
+        """Stop this call: its queued items are dropped and running ones stopped (their
+        workers are replaced), so nothing of it keeps running; ``get()`` then raises
+        ``nbpool.CancelledError`` at once. What was delivered before stays delivered (an
+        ``imap``'s items). False if the call had already finished.
+
+        Example::
+
+            r = pool.apply_async(train, (config,))
+            r.cancel()      # True: train() is stopped
+            r.get()         # raises nbpool.CancelledError
+        """
+        from ._errors import CancelledError
+
+        cancel = self._cancel_job
+        if self._done or cancel is None:
+            return False
+        exc = CancelledError("the call was cancelled (AsyncResult.cancel())")
+        self._abort(exc)  # ready now, here; the dispatcher stops what still runs
+        cancel(exc, "cancelled")
+        return True
 
     def successful(self) -> bool:
         if not self.ready():
@@ -151,6 +175,7 @@ class ApplyResult:
             self._done = True
             cb = self._callback if success else self._error_callback
             self._callback = self._error_callback = self._canceller = None
+            self._cancel_job = None
         if cb is None:
             self._set_ready()
         elif self._events is None:  # not submitted through a pool (tests of this class)
@@ -308,3 +333,59 @@ class IMapUnorderedIterator(IMapIterator):
 
     def _put(self, index: int, ok: bool, value: Any) -> None:
         self._queue.append((ok, value))
+
+
+def wait(results: Any, num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
+    """``(ready, not_ready)`` as ``ray.wait`` gives them: wait until ``num_returns`` of
+    ``results`` (``AsyncResult``s of any pool, ``concurrent.futures.Future``s such as
+    ``Pool.submit`` returns) are done, or ``timeout`` seconds pass. ``ready`` has at most
+    ``num_returns`` of them, in the order they completed; ``not_ready`` the others, in the order
+    given. A done result counts whether it succeeded or failed (``get()`` tells).
+
+    Example::
+
+        pending = [pool.apply_async(score, (m,)) for m in models]
+        while pending:
+            ready, pending = nbpool.wait(pending)
+            print(ready[0].get())
+    """
+    import concurrent.futures
+
+    items = list(results)
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int):
+        raise TypeError(f"num_returns must be an int, not {num_returns!r}")
+    if not 0 <= num_returns <= len(items):
+        raise ValueError(f"num_returns must be between 0 and {len(items)}, not {num_returns}")
+    if len({id(r) for r in items}) != len(items):
+        raise ValueError("wait() got the same result twice")
+    for r in items:
+        if not isinstance(r, (ApplyResult, concurrent.futures.Future)):
+            raise TypeError(
+                f"wait() takes AsyncResults and concurrent.futures.Futures, not {type(r).__name__}"
+            )
+    order: list[Any] = []  # in completion order
+    changed = threading.Condition()
+
+    def done(r: Any) -> None:
+        with changed:
+            if all(o is not r for o in order):
+                order.append(r)
+            changed.notify_all()
+
+    for r in items:
+        if isinstance(r, ApplyResult):
+            r._wakers.append(functools.partial(done, r))
+            if r.ready():
+                done(r)
+        else:
+            r.add_done_callback(done)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with changed:
+        while len(order) < num_returns:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            changed.wait(left)
+        ready = order[:num_returns]
+    chosen = {id(r) for r in ready}
+    return ready, [r for r in items if id(r) not in chosen]

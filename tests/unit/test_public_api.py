@@ -11,6 +11,7 @@ EXPECTED = {
     "ApplyResult",
     "AsyncResult",
     "BackendUnavailableError",
+    "CancelledError",
     "ClusterConnectionError",
     "IMapIterator",
     "IMapUnorderedIterator",
@@ -28,6 +29,7 @@ EXPECTED = {
     "WorkerLostError",
     "__version__",
     "current_worker",
+    "wait",
 }
 
 

@@ -1,0 +1,67 @@
+"""Ray's core ideas in Pool form, on every engine: ``submit`` -> ``Future``, ``nbpool.wait``,
+``AsyncResult.cancel()`` that stops what runs."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import nbfuncs as f
+import pytest
+
+import nbpool
+
+
+def test_submit_gives_futures_that_concurrent_futures_understands(engine):
+    with nbpool.Pool(2, **engine) as pool:
+        futures = [pool.submit(f.kw, i, b=1, c=2) for i in range(6)]
+        _, not_done = concurrent.futures.wait(futures, timeout=60)
+        assert not not_done
+        got = sorted(fut.result() for fut in concurrent.futures.as_completed(futures))
+        assert got == [(i, 1, 2) for i in range(6)]
+        failing = pool.submit(f.fail_on, 3)
+        with pytest.raises(ValueError):
+            failing.result(60)
+        assert isinstance(failing.exception(), ValueError)
+        assert pool.submit(lambda: 7).result(60) == 7
+        assert not futures[0].cancel()  # running from the start, as a ProcessPoolExecutor's
+
+
+def test_wait_returns_ready_ones_in_completion_order(engine):
+    with nbpool.Pool(2, **engine) as pool:
+        slow = pool.apply_async(f.nap, (3.0,))
+        fast = pool.submit(f.nap, 0.2)
+        ready, not_ready = nbpool.wait([slow, fast], num_returns=1, timeout=30)
+        assert ready == [fast] and not_ready == [slow]
+        ready, not_ready = nbpool.wait([slow, fast], num_returns=2, timeout=30)
+        assert ready == [fast, slow] and not_ready == []
+        t0 = time.monotonic()
+        never = pool.apply_async(f.nap, (5.0,))
+        ready, not_ready = nbpool.wait([never], timeout=0.3)
+        assert ready == [] and not_ready == [never] and time.monotonic() - t0 < 3
+        never.cancel()
+    with pytest.raises(ValueError, match="num_returns"):
+        nbpool.wait([fast], num_returns=2)
+    with pytest.raises(TypeError, match=r"AsyncResults and concurrent\.futures\.Futures"):
+        nbpool.wait([1])
+
+
+def test_cancel_stops_a_running_call_and_its_queued_items(engine, tmp_path):
+    with nbpool.Pool(2, **engine) as pool:
+        before = set(pool._engine.worker_pids())
+        items = [(3.0, str(tmp_path / f"done-{i}")) for i in range(6)]
+        r = pool.map_async(f.sleep_then_mark, items, 1)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        assert r.cancel() is True
+        with pytest.raises(nbpool.CancelledError):
+            r.get(1)  # at once
+        assert time.monotonic() - t0 < 1
+        assert isinstance(r._value, concurrent.futures.CancelledError)
+        assert not r.cancel()  # already over
+        time.sleep(4.0)  # the running items would have ended by now: they were stopped
+        assert list(tmp_path.iterdir()) == []
+        assert pool.map(f.sq, range(4)) == [0, 1, 4, 9]  # the pool goes on
+        assert set(pool._engine.worker_pids()) != before  # the busy workers were replaced
+        done = pool.apply_async(f.sq, (3,))
+        assert done.get(60) == 9 and done.cancel() is False
