@@ -93,6 +93,9 @@ def _wait(result: Any) -> Any:
     return value
 
 
+_NO_INITIAL = object()  # map_reduce(): no initial value given (None is a value)
+
+
 def _worker_args(pass_worker_id: Any, shared_objects: Any, use_worker_state: Any) -> tuple:
     """What each task gets before its item, in mpire's order: worker id, shared objects,
     worker state (see ``_worker.protocol.Hello``)."""
@@ -436,6 +439,40 @@ class Pool:
         if self._engine is not None:
             self._engine.join()
             self._engine.events.join(CALLBACK_WAIT_S)
+
+    def map_reduce(
+        self, func, iterable, reducer, initial=_NO_INITIAL, chunksize=None, *, progress=None
+    ):
+        """``functools.reduce(reducer, map(func, iterable)[, initial])``, in parallel: each
+        chunk is folded inside its worker (one value comes back per chunk, not a list), then
+        the partial results are combined here, left to right, starting from ``initial`` if
+        given. ``reducer`` must be associative (``operator.add``, ``max``, ``min``, a merge of
+        dicts): chunks are folded separately. An empty input returns ``initial``, and without
+        one raises ``TypeError`` as ``functools.reduce`` does. The dashboard counts chunks.
+
+        Example::
+
+            pool.map_reduce(lambda x: x * x, range(1_000_000), operator.add)   # sum of squares
+            pool.map_reduce(len, lines, max, initial=0)                         # longest line
+        """
+        __tracebackhide__ = True
+        self._check_running()
+        if not callable(reducer):
+            raise TypeError(f"reducer must be callable, not {type(reducer).__name__}")
+        check_chunksize(chunksize)
+        items = iterable if isinstance(iterable, (list, tuple, range)) else list(iterable)
+        if not items:
+            if initial is _NO_INITIAL:
+                raise TypeError("map_reduce() of an empty iterable with no initial value")
+            return initial
+        from ._worker.fold import fold
+
+        size = chunksize or max(1, -(-len(items) // (4 * self._processes)))
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        partials = self.map(functools.partial(fold, func, reducer), chunks, 1, progress=progress)
+        if initial is _NO_INITIAL:
+            return functools.reduce(reducer, partials)
+        return functools.reduce(reducer, partials, initial)
 
     def submit(self, fn, /, *args, **kwargs):
         """``fn(*args, **kwargs)`` in a worker, as a ``concurrent.futures.Future`` (Ray's and

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 _SESSION: dict[str, Any] = {"pool": None, "where": {}}
 
 PMAP_USAGE = (
-    "usage: %%pmap [-n N] [-o NAME] [--chunksize K] [--unordered] [--progress | --no-progress] "
+    "usage: %%pmap [-n N] [-o NAME] [--chunksize K] [--unordered] [--reduce FUNC] "
+    "[--progress | --no-progress] "
     "TARGET in EXPR   "
     "(e.g. %%pmap x in range(10))"
 )
@@ -94,11 +95,12 @@ def _pmap_parser() -> _Parser:
     p.add_argument("-o", dest="output")
     p.add_argument("--chunksize", type=int)
     p.add_argument("--unordered", action="store_true")
+    p.add_argument("--reduce", dest="reduce")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     return p
 
 
-_TAKES_VALUE = {"-n", "-o", "--chunksize"}
+_TAKES_VALUE = {"-n", "-o", "--chunksize", "--reduce"}
 _WORD = re.compile(r"\s*(\S+)")
 
 
@@ -244,6 +246,8 @@ def pmap(line: str, cell: str, ns: dict[str, Any], shell: Any = None) -> Any:
         raise _usage_error(msg) from None
     fn = _cell_function(target, cell, ns, shell, line)
     pool = session_pool(args.processes)
+    if args.reduce is not None:
+        return _pmap_reduce(pool, fn, items, args, ns)
     imap = pool.imap_unordered if args.unordered else pool.imap
     it = imap(fn, items, args.chunksize, progress=args.progress)
     # imap, not map: one failing item must not lose the others' results. Failed items hold their
@@ -270,6 +274,25 @@ def pmap(line: str, cell: str, ns: dict[str, Any], shell: Any = None) -> Any:
         _explain_unbound(first_error, ns)
         raise first_error
     return None if args.output else results
+
+
+def _pmap_reduce(pool: Any, fn: Any, items: list[Any], args: Any, ns: dict[str, Any]) -> Any:
+    """``%%pmap --reduce FUNC``: the cell's values folded with FUNC (a name or dotted name in
+    the notebook, e.g. ``operator.add``, ``max``, or a function of yours), by ``map_reduce``."""
+    __tracebackhide__ = True
+    try:
+        reducer = eval(args.reduce, ns)
+    except Exception as exc:
+        msg = f"%%pmap --reduce: evaluating {args.reduce!r} failed: {type(exc).__name__}: {exc}"
+        raise _usage_error(msg) from None
+    if not callable(reducer):
+        raise _usage_error(f"%%pmap --reduce {args.reduce}: not a function of two values")
+    value = pool.map_reduce(fn, items, reducer, chunksize=args.chunksize, progress=args.progress)
+    if args.output:
+        ns[args.output] = value
+        return None
+    ns["_pmap"] = value
+    return value
 
 
 def pool_magic(line: str) -> Any:

@@ -47,6 +47,13 @@ def test_pmap_and_pool_magics(tmp_path):
         assert out.strip() == "[3, 7, 11]"
         _, msgs = run_cell(kc, "%%pmap --unordered x in [3, 1, 2]\nx * 10")
         assert sorted(eval(_result(msgs))) == [10, 20, 30]
+        # --reduce: the cell's values folded in the workers (map_reduce)
+        run_cell(kc, "import operator")
+        _, msgs = run_cell(kc, "%%pmap --reduce operator.add x in range(100)\nx * x")
+        assert _result(msgs) == str(sum(x * x for x in range(100)))
+        run_cell(kc, "%%pmap -o longest --reduce max w in ['a', 'abc', 'ab']\nlen(w)")
+        out, _ = run_cell(kc, "print(longest)")
+        assert out.strip() == "3"
         out, _ = run_cell(kc, "%pool status")
         assert "workers on this machine, pids" in out
         # an error shows the item and the remote traceback, and loses no other result
@@ -60,6 +67,7 @@ def test_pmap_and_pool_magics(tmp_path):
             "%%pmap x range(3)\nx",
             "%%pmap x in undefined_name\nx",
             "%%pmap --bogus x in [1]\nx",
+            "%%pmap --reduce no_such_fn x in [1]\nx",
         ):
             err = _error(kc, bad)
             assert err["ename"] == "UsageError", bad

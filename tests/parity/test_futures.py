@@ -65,3 +65,28 @@ def test_cancel_stops_a_running_call_and_its_queued_items(engine, tmp_path):
         assert set(pool._engine.worker_pids()) != before  # the busy workers were replaced
         done = pool.apply_async(f.sq, (3,))
         assert done.get(60) == 9 and done.cancel() is False
+
+
+def test_map_reduce_folds_in_the_workers(engine):
+    import operator
+
+    with nbpool.Pool(2, **engine) as pool:
+        assert pool.map_reduce(lambda x: x * x, range(1000), operator.add) == sum(
+            x * x for x in range(1000)
+        )
+        assert pool.map_reduce(len, ["a", "abc", "ab"], max, initial=0) == 3
+        assert pool.map_reduce(f.sq, iter([1, 2, 3]), operator.add, initial=10) == 24
+        assert pool.map_reduce(f.sq, [], max, initial=-1) == -1
+        merged = pool.map_reduce(
+            lambda ch: {ch: 1},
+            "abcab",
+            lambda a, b: {**a, **{k: a.get(k, 0) + v for k, v in b.items()}},
+            chunksize=2,
+        )
+        assert merged == {"a": 2, "b": 2, "c": 1}
+        with pytest.raises(TypeError, match="empty iterable with no initial value"):
+            pool.map_reduce(f.sq, [], max)
+        with pytest.raises(TypeError, match="reducer must be callable"):
+            pool.map_reduce(f.sq, [1], 3)
+        with pytest.raises(ValueError, match="bad value 3"):
+            pool.map_reduce(f.fail_on, range(5), operator.add)
