@@ -131,10 +131,12 @@ def check_processes(client: Any, processes: int | None, address: str) -> int:
             )
         return free
     if processes > free:
+        use = f"Use processes={free} or fewer" if free else "Close another pool on it"
         raise ValueError(
             f"processes={processes}, but the Dask cluster at {address} has {total} worker "
-            f"threads ({len(threads)} workers), {free} of them free (each nbpool worker takes "
-            f"one). Use processes={free} or fewer, or add workers to the cluster."
+            f"threads ({len(threads)} workers), {free or 'none'} of them free (each nbpool "
+            f"worker takes one, and other pools hold the rest). {use}, or add workers to the "
+            "cluster."
         )
     return processes
 

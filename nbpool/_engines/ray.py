@@ -147,10 +147,11 @@ def check_processes(ray: Any, processes: int | None, address: str | None) -> int
             )
         return free
     if processes > free:
+        use = f"Use processes={free} or fewer" if free else "Close another pool on it"
         raise ValueError(
-            f"processes={processes}, but {where} has {total} CPUs, {free} of them free (each "
-            f"worker is an actor that takes one CPU). Use processes={free} or fewer, or add "
-            "nodes to the cluster."
+            f"processes={processes}, but {where} has {total} CPUs, {free or 'none'} of them "
+            f"free (each worker is an actor that takes one CPU). {use}, or add nodes to the "
+            "cluster."
         )
     return processes
 
