@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+
+from proc_util import free_port, kill_leftovers
 
 START_TIMEOUT_S = 60
 
@@ -41,12 +42,6 @@ class DaskCluster:
         return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def dask_env(tmp: str) -> dict[str, str]:
     return {
         "DASK_CONFIG": os.path.join(tmp, "config"),
@@ -69,7 +64,7 @@ def start_dask_cluster(workers: int = 2, threads: int = 1) -> DaskCluster:
     tmp = tempfile.mkdtemp(prefix="nbdask", dir="/tmp")
     env = {**os.environ, **dask_env(tmp)}
     env.pop("DASK_SCHEDULER_ADDRESS", None)
-    port = _free_port()
+    port = free_port()
     bin_dir = os.path.dirname(sys.executable)
     address = f"tcp://127.0.0.1:{port}"
 
@@ -114,7 +109,6 @@ def start_dask_cluster(workers: int = 2, threads: int = 1) -> DaskCluster:
 def stop_dask_cluster(cluster: DaskCluster, graceful: bool = True) -> None:
     """SIGTERM each worker then the scheduler, one by one (all at once took 8 s), then kill
     what is left. ``graceful=False``: SIGKILL the scheduler first (a lost scheduler)."""
-    import psutil
 
     rest = cluster.descendants()
     order = [*cluster.workers, cluster.scheduler]
@@ -127,17 +121,6 @@ def stop_dask_cluster(cluster: DaskCluster, graceful: bool = True) -> None:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-    for pid in rest:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
-    for proc in order:
-        if proc.poll() is None:
-            proc.wait(10)
+    kill_leftovers(order, rest)
     if graceful:
         shutil.rmtree(cluster.tmp, ignore_errors=True)

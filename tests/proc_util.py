@@ -45,3 +45,48 @@ def run_python(code: str, timeout: float = 60) -> str:
     )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
+
+
+def wait_until(check, timeout: float = 15.0) -> bool:
+    """Whether ``check()`` became true within ``timeout`` seconds (polled every 0.1 s)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_leftovers(leaders: list, rest: set[int]) -> None:
+    """The end of a test cluster's stop: SIGKILL each leader's process group (they were
+    started with ``start_new_session``), then every PID of ``rest`` still there, and reap the
+    leaders (``subprocess.Popen``)."""
+    import os
+    import signal
+
+    import psutil
+
+    for proc in leaders:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for pid in rest:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    for proc in leaders:
+        if proc.poll() is None:
+            proc.wait(10)

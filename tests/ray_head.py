@@ -12,12 +12,13 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+
+from proc_util import free_port, kill_leftovers
 
 START_TIMEOUT_S = 90
 
@@ -38,12 +39,6 @@ class RayHead:
             return {p.pid for p in psutil.Process(self.pid).children(recursive=True)} | {self.pid}
         except psutil.Error:
             return set()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_env(tmp: str, multi_node: bool = False) -> dict[str, str]:
@@ -67,7 +62,7 @@ def start_ray_head(num_cpus: int = 2, multi_node: bool = False, driver: bool = T
     if driver:
         os.environ.update(env)
         os.environ.pop("RAY_ADDRESS", None)
-    port, client_port = _free_port(), _free_port()
+    port, client_port = free_port(), free_port()
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     log = os.path.join(tmp, "head.log")
     with open(log, "wb") as out:
@@ -102,7 +97,6 @@ def start_ray_head(num_cpus: int = 2, multi_node: bool = False, driver: bool = T
 def stop_ray_head(head: RayHead, graceful: bool = True) -> None:
     """SIGTERM the head's one PID, wait, then kill its whole session (and what is left).
     ``graceful=False``: SIGKILL everything at once (a head that crashes). Safe to call twice."""
-    import psutil
 
     rest = head.descendants()
     if graceful:
@@ -111,16 +105,6 @@ def stop_ray_head(head: RayHead, graceful: bool = True) -> None:
             head.proc.wait(20)
         except subprocess.TimeoutExpired:
             pass
-    try:
-        os.killpg(head.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    for pid in rest:
-        try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
-    if head.proc.poll() is None:
-        head.proc.wait(10)
+    kill_leftovers([head.proc], rest)
     if graceful:
         shutil.rmtree(head.tmp, ignore_errors=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import nbfuncs as f
 import psutil
 import pytest
 from conftest import CLUSTER_PIDS, clean_env
+from proc_util import free_port, wait_until
 
 import nbpool
 
@@ -45,15 +45,6 @@ def _hosted_workers(cluster) -> list[int]:
     return out
 
 
-def _wait_for(check, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
-
-
 @pytest.mark.parametrize("how", ["terminate", "close-join", "with"])
 def test_nothing_of_the_pool_is_left_on_the_cluster(dask_cluster, how):
     pool = nbpool.Pool(2, address=dask_cluster.address)
@@ -67,8 +58,8 @@ def test_nothing_of_the_pool_is_left_on_the_cluster(dask_cluster, how):
     else:
         with pool:
             pass
-    assert _wait_for(lambda: _nbpool_keys(dask_cluster) == [])
-    assert _wait_for(lambda: _hosted_workers(dask_cluster) == [])
+    assert wait_until(lambda: _nbpool_keys(dask_cluster) == [])
+    assert wait_until(lambda: _hosted_workers(dask_cluster) == [])
 
 
 def test_more_workers_than_the_cluster_has_threads_is_refused(dask_cluster):
@@ -125,14 +116,8 @@ def test_the_environment_switches_a_notebook_to_the_cluster(dask_cluster, variab
     assert out.stdout.split("\n")[1] == "ray imported: False"  # one engine never loads another
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_an_unreachable_scheduler_fails_fast_naming_it(dask_cluster):
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     env = clean_env(DASK_SCHEDULER_ADDRESS=address)
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120
@@ -161,7 +146,7 @@ def test_a_dask_worker_that_leaves_fails_only_its_item_and_the_pool_goes_on(dask
         os.kill(victim, signal.SIGKILL)
         assert r.get(60) == [3.0, 3.0]  # the lost item ran again on the other worker
         assert pool.map(f.sq, range(6), 1) == [x * x for x in range(6)]
-        assert _wait_for(lambda: len(pool._engine.worker_pids()) == 2, 30)
+        assert wait_until(lambda: len(pool._engine.worker_pids()) == 2, 30)
         # the slot placed again (on the restarted Dask worker) ran the initializer too
         assert pool.map(f.read_state, range(8), 1) == [7] * 8
     with nbpool.Pool(1, address=dask_cluster.address) as pool:  # without retries: it fails
@@ -173,8 +158,8 @@ def test_a_dask_worker_that_leaves_fails_only_its_item_and_the_pool_goes_on(dask
             nbpool.WorkerLostError, match=r"on 127\.0\.0\.1\) died while running item 0"
         ):
             r.get(60)
-    assert _wait_for(lambda: _nbpool_keys(dask_cluster) == [])
-    assert _wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, 30)
+    assert wait_until(lambda: _nbpool_keys(dask_cluster) == [])
+    assert wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, 30)
 
 
 LOSE = """

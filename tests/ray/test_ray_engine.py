@@ -7,7 +7,6 @@ Ray run only (``--engines=ray``).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import nbfuncs as f
 import psutil
 import pytest
 from conftest import clean_env
+from proc_util import free_port, wait_until
 
 import nbpool
 
@@ -34,15 +34,6 @@ def _actor_processes() -> list[int]:
     return pids
 
 
-def _wait_for(check, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
-
-
 @pytest.mark.parametrize("how", ["terminate", "close-join", "with"])
 def test_no_actor_is_left_on_the_cluster(ray_head, how):
     pool = nbpool.Pool(2, ray_address=ray_head.address)
@@ -56,8 +47,8 @@ def test_no_actor_is_left_on_the_cluster(ray_head, how):
     else:
         with pool:
             pass
-    assert _wait_for(lambda: _alive_actors() == 0)
-    assert _wait_for(lambda: _actor_processes() == [])
+    assert wait_until(lambda: _alive_actors() == 0)
+    assert wait_until(lambda: _actor_processes() == [])
 
 
 def test_more_workers_than_the_cluster_has_cpus_is_refused(ray_head):
@@ -74,7 +65,7 @@ def test_backend_ray_uses_the_connection_ray_init_made(ray_head):
     with nbpool.Pool(backend="ray") as pool:
         assert pool.backend == "ray"
         assert pool.apply(f.sq, (7,)) == 49
-        assert _wait_for(lambda: len(pool._engine.worker_pids()) == 2)  # both actors ready
+        assert wait_until(lambda: len(pool._engine.worker_pids()) == 2)  # both actors ready
         rows = pool._engine._snapshot(None, time.monotonic(), "running", _view())["workers"]
         assert {r["host"] for r in rows} == {"127.0.0.1"}
 
@@ -88,12 +79,6 @@ def _view():
     from nbpool._progress import JobProgress
 
     return JobProgress(True, "text", None, "pool")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 SCRIPT = """
@@ -120,7 +105,7 @@ def test_the_environment_switches_a_notebook_to_the_cluster(ray_head, variable):
 
 
 def test_an_unreachable_address_fails_fast_naming_it(ray_head):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     env = clean_env(RAY_ADDRESS=address)
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120
@@ -154,7 +139,7 @@ def test_ray_client_address_runs_the_same_pool(ray_head):
     assert lines[0] == f"ray {ray_head.client_address}"
     assert lines[1] == "[0, 1, 4, 9, 16, 25]"
     assert lines[2].startswith("[w") and lines[2].endswith("on 127.0.0.1] hello from an actor")
-    assert _wait_for(lambda: _alive_actors() == 0)
+    assert wait_until(lambda: _alive_actors() == 0)
 
 
 LOCAL = """
@@ -191,7 +176,7 @@ def test_local_starts_a_private_ray_on_loopback_and_leaves_nothing(ray_head):
         ray_pids, listening = json.loads(last)
         assert ray_pids and set(ray_pids).isdisjoint(ray_head.descendants())
         assert listening and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in listening)
-        assert _wait_for(lambda: not any(psutil.pid_exists(p) for p in ray_pids), 30)
+        assert wait_until(lambda: not any(psutil.pid_exists(p) for p in ray_pids), 30)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
