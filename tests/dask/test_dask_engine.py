@@ -71,6 +71,8 @@ def test_more_workers_than_the_cluster_has_threads_is_refused(dask_cluster):
     with nbpool.Pool(address=dask_cluster.address) as pool:  # the default: its free threads
         assert pool._processes == 2
         assert pool.backend == "dask" and pool.address == dask_cluster.address
+        # (its slots are placed by their bridge threads: wait until both hold their thread)
+        assert wait_until(lambda: len(pool._engine.worker_pids()) == 2)
         with pytest.raises(ValueError, match=r"none of them free .* Close another pool on it"):
             nbpool.Pool(1, address=dask_cluster.address)  # this pool holds both threads
 
