@@ -173,6 +173,8 @@ function render({ model, el }) {
   const table = wrap.appendChild(h("table", "nbpool-workers"));
   const thead = table.appendChild(h("thead"));
   const tbody = table.appendChild(h("tbody"));
+  // The pool's insights (enable_insights=True), under a call's final state: plain lines.
+  const insights = root.appendChild(h("div", "nbpool-insights"));
   const rows = new Map(); // worker id -> {tr, c}
   let withHost = null;
 
@@ -250,6 +252,12 @@ function render({ model, el }) {
     show(note, !!s.note);
 
     updateWorkers(Array.isArray(s.workers) ? s.workers : []);
+    const lines = Array.isArray(s.insights) ? s.insights.map(String) : [];
+    if (insights.dataset.key !== JSON.stringify(lines)) {
+      insights.dataset.key = JSON.stringify(lines);
+      insights.replaceChildren(...lines.map((t) => h("div", "nbpool-insight", t)));
+    }
+    show(insights, lines.length > 0);
     updateHistory(Array.isArray(s.history) ? s.history : [], s.history_more || 0);
   }
 

@@ -29,7 +29,7 @@ _WHERE = {
     "MemoryLimitError": "._errors",
     "NbpoolError": "._errors",
     "PoolClosedError": "._errors",
-    "RemoteTraceback": "._errors",
+    "RemoteTraceback": "._mp_errors",
     "SerializationError": "._errors",
     "TaskExitError": "._errors",
     "TaskTimeoutError": "._errors",
@@ -73,13 +73,13 @@ if TYPE_CHECKING:
         MemoryLimitError,
         NbpoolError,
         PoolClosedError,
-        RemoteTraceback,
         SerializationError,
         TaskExitError,
         TaskTimeoutError,
         TimeoutError,
         WorkerLostError,
     )
+    from ._mp_errors import RemoteTraceback
     from ._pool import Pool
     from ._results import (
         ApplyResult,

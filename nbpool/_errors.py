@@ -10,10 +10,18 @@
      ├─ TaskTimeoutError(NbpoolError, builtins.TimeoutError)  the item ran past task_timeout
      ├─ TaskExitError(NbpoolError, RuntimeError)             the task raised SystemExit & co.
      ├─ SerializationError(NbpoolError, pickle.PicklingError)   names the object and what to do
+     │   └─ UnpicklableResultError(SerializationError, mp.pool.MaybeEncodingError)   a result
      ├─ BackendUnavailableError(NbpoolError, ImportError)    names the extra to install
      └─ ClusterConnectionError(NbpoolError, ConnectionError) a cluster cannot be reached or is lost
 
-    RemoteTraceback(Exception)    set as ``__cause__`` of an exception re-raised from a worker
+    RemoteTraceback               ``multiprocessing.pool.RemoteTraceback`` itself: set as
+                                  ``__cause__`` of an exception re-raised from a worker
+
+``RemoteTraceback`` and ``UnpicklableResultError`` live in ``_mp_errors``: they need
+``multiprocessing.pool``, whose import (~10 ms) is paid only when one of them is first needed.
+
+An argument that cannot be pickled fails its item with the exception pickling raised, of its
+own type as in the stdlib, with a note (``add_note``) naming the item and what to do.
 
 Every nbpool error also derives from the exception a ``multiprocessing.Pool`` user already catches
 (``ValueError`` for a closed pool, ``multiprocessing.TimeoutError`` for ``get(timeout)``), so
@@ -34,7 +42,6 @@ __all__ = [
     "MemoryLimitError",
     "NbpoolError",
     "PoolClosedError",
-    "RemoteTraceback",
     "SerializationError",
     "TaskExitError",
     "TaskTimeoutError",
@@ -149,16 +156,16 @@ class ClusterConnectionError(NbpoolError, ConnectionError):
     while a job ran. The message names the address."""
 
 
-class RemoteTraceback(Exception):
-    """Carries the formatted traceback of an exception raised in a worker.
-
-    Set as ``__cause__`` of the re-raised exception, so Python prints it above the local
-    traceback ("The above exception was the direct cause of ..."), as ``multiprocessing`` does.
-    """
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` (Python 3.11+), or the same ``__notes__`` list on 3.10."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # pragma: no cover - Python 3.10
+        notes = getattr(exc, "__notes__", None)
+        if not isinstance(notes, list):
+            notes = []
+            try:
+                exc.__notes__ = notes  # type: ignore[attr-defined]
+            except Exception:
+                return
+        notes.append(note)

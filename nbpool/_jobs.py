@@ -55,8 +55,12 @@ class SequenceSource:
 class IteratorSource:
     """A lazy input (generator, iterator): pulled only as workers have room for it.
 
-    An exception raised by the iterable becomes the result at its position, as the object the
-    iterable raised, and ends the input (the stdlib does the same for ``imap``).
+    An exception raised by the iterable becomes a result, as the object the iterable raised,
+    and ends the input, as the stdlib's ``imap`` does: with a ``chunksize`` given, the items
+    pulled for the chunk it broke are dropped and the error takes that chunk's first position
+    (the stdlib drops them too, and CPython's own Pool tests check exactly which items come
+    before the error); without one (the stdlib's ``imap`` then sends items one by one), every
+    item pulled before the error runs and the error comes after them.
     """
 
     def __init__(self, iterable: Iterable[Any], length: int | None = None) -> None:
@@ -69,7 +73,8 @@ class IteratorSource:
         self.exhausted = False
         self.error: BaseException | None = None
 
-    def take(self, n: int) -> list[Any]:
+    def take(self, n: int, whole: bool = False) -> list[Any]:
+        """Up to ``n`` items; ``whole``: none of them if the iterable raises before ``n``."""
         out: list[Any] = []
         try:
             # list.extend keeps the items it got before an exception
@@ -77,6 +82,8 @@ class IteratorSource:
         except Exception as exc:
             self.error = exc
             self.exhausted = True
+            if whole:
+                out.clear()
         if len(out) < n:
             self.exhausted = True
         self.pos += len(out)
@@ -175,11 +182,19 @@ class Job:
         return max(1, n)
 
     def cut(self, nworkers: int, budget: int | None) -> tuple[int, Any]:
-        """The next (start index, items) to send."""
+        """The next (start index, items) to send: at most ``budget`` items when given (a
+        chunk to run again is split to fit)."""
         if self.retry:
-            return self.retry.popleft()
+            start, items = self.retry.popleft()
+            if budget is not None and 0 < budget < len(items):
+                self.retry.appendleft((start + budget, items[budget:]))
+                items = items[:budget]
+            return start, items
         start = self.source.pos
-        return start, self.source.take(self.chunk_size(nworkers, budget))
+        n = self.chunk_size(nworkers, budget)
+        if isinstance(self.source, IteratorSource):
+            return start, self.source.take(n, whole=self.chunksize is not None)
+        return start, self.source.take(n)
 
     def deliver(
         self,

@@ -73,6 +73,22 @@ _job_ids = itertools.count(1)
 _DROPPED = KeyboardInterrupt("the iterator was dropped before its end: its job was cancelled")
 
 
+class _WorkerView:
+    """What ``Pool._pool`` shows of one worker slot: ``pid`` and ``is_alive()``."""
+
+    __slots__ = ("_w", "pid")
+
+    def __init__(self, w: WorkerHandle | None) -> None:
+        self._w = w
+        self.pid = (w.pid or None) if w is not None else None
+
+    def is_alive(self) -> bool:
+        return self._w is not None and not self._w.dead and self.pid is not None
+
+    def __repr__(self) -> str:
+        return f"<nbpool worker pid={self.pid} alive={self.is_alive()}>"
+
+
 def _wait(result: Any) -> Any:
     """``result.get()`` for the blocking methods, then the dashboard's final render (see
     ``await_final_render``); not after an interrupt: that must return at once."""
@@ -242,6 +258,8 @@ class Pool:
         worker_exit: Callable[..., object] | None = None,
         worker_init_timeout: float | None = None,
         worker_exit_timeout: float | None = None,
+        max_tasks_active: int | None = None,
+        enable_insights: bool = False,
     ) -> None:
         self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
         self._engine: Engine | None = None
@@ -307,6 +325,10 @@ class Pool:
             check_seconds("worker_init_timeout", worker_init_timeout),
             check_seconds("worker_exit_timeout", worker_exit_timeout),
         )
+        if max_tasks_active is not None:
+            check_int("max_tasks_active", max_tasks_active, minimum=1)
+        if not isinstance(enable_insights, bool):
+            raise TypeError(f"enable_insights must be True or False, not {enable_insights!r}")
         self._retries = check_int("retries", retries, minimum=0)
         self._task_timeout = check_seconds("task_timeout", task_timeout)
         self._progress = check_progress(progress)
@@ -360,6 +382,8 @@ class Pool:
                 ),
                 hook_timeouts=hook_timeouts,
                 shared=_dump_shared(shared_objects) if "shared" in worker_args else None,
+                max_active=max_tasks_active,
+                insights=enable_insights,
             )
         except BaseException:
             for w in started:  # don't leave early-started workers behind
@@ -520,6 +544,42 @@ class Pool:
             raise engine.exit_errors[0]
         return list(engine.exit_results)
 
+    def get_insights(self) -> dict[str, Any]:
+        """Where the workers' time went (``enable_insights=True``), as data, at any time (also
+        after ``join()``): ``workers`` (one dict per worker slot: ``id``, ``pid``, ``host``,
+        ``workers_started``, ``items``, ``start_up_s``, ``waiting_s``, ``working_s``),
+        ``total`` (the same summed), ``ratios`` (each time's share of all of them),
+        ``elapsed_s`` and ``slowest`` (the 5 slowest items: ``seconds``, ``item`` (its index),
+        ``worker``, ``call``, ``args`` (a short repr)). Start-up includes the initializer and
+        ``worker_init``; working is the chunks' time in the worker; waiting is the rest.
+
+        Example::
+
+            with Pool(4, enable_insights=True) as pool:
+                pool.map(fit, configs)
+                slow = pool.get_insights()["slowest"][0]   # {'seconds': 4.1, 'args': ...}
+        """
+        insights = self._insights()
+        engine = self._engine
+        assert engine is not None
+        return insights.report(list(engine._slots))
+
+    def print_insights(self) -> None:
+        """Print ``get_insights()`` as a table: one row per worker slot, the time shares,
+        the slowest items with their arguments."""
+        from ._driver.insights import format_report
+
+        print(format_report(self.get_insights()))
+
+    def _insights(self) -> Any:
+        engine = self._engine
+        insights = engine.insights if engine is not None else None
+        if insights is None:
+            raise ValueError(
+                "insights are off for this pool: create it with Pool(..., enable_insights=True)"
+            )
+        return insights
+
     def dashboard(self) -> None:
         """Show a live dashboard of the whole pool (every worker, every call) under the cell.
 
@@ -554,6 +614,23 @@ class Pool:
 
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    # The stdlib pool's private ``_pool`` (its worker processes) and ``_repopulate_pool()``:
+    # private there too, but code written against ``multiprocessing.Pool`` (CPython's own Pool
+    # tests among it) reads them, so they answer the same questions here.
+
+    @property
+    def _pool(self) -> list[_WorkerView]:
+        """One entry per worker slot with ``pid`` (None while the slot is between workers)
+        and ``is_alive()``, like the stdlib's list of ``Process`` objects."""
+        engine = self._engine
+        slots = list(engine._slots) if engine is not None else []  # a copy: the dispatcher
+        return [_WorkerView(w) for w in slots]  # replaces entries; it never resizes the list
+
+    def _repopulate_pool(self) -> None:
+        """The stdlib starts workers here for those that exited; nbpool's dispatcher already
+        replaces a worker as soon as it exits (lifespan, crash, timeout), so nothing is left to
+        do."""
 
     # ------------------------------------------------------------------ submission
 
@@ -707,7 +784,11 @@ class Pool:
             return
         try:
             warnings.warn(
-                f"unclosed running pool {self!r}", ResourceWarning, source=self, stacklevel=2
+                # the stdlib's words first: code that filters this warning by its text matches
+                f"unclosed running multiprocessing pool {self!r}",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
             )
         except Exception:
             pass

@@ -364,11 +364,13 @@ def wait(results: Any, num_returns: int = 1, timeout: float | None = None) -> tu
                 f"wait() takes AsyncResults and concurrent.futures.Futures, not {type(r).__name__}"
             )
     order: list[Any] = []  # in completion order
+    seen: set[int] = set()  # ids of those in order: a result may report done twice
     changed = threading.Condition()
 
     def done(r: Any) -> None:
         with changed:
-            if all(o is not r for o in order):
+            if id(r) not in seen:
+                seen.add(id(r))
                 order.append(r)
             changed.notify_all()
 

@@ -70,6 +70,7 @@ from .._worker.serialize import dumps_data
 from .faults import MEMORY_CHECK_S, FaultsMixin
 from .handle import WorkerHandle as Worker
 from .inbox import InboxMixin
+from .insights import Insights
 from .output import LineBuffer, OutputTarget, Router, caller_log_levels
 from .progress import ProgressMixin
 from .scheduling import SchedulingMixin
@@ -131,8 +132,13 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         cpu_pins: list[tuple[int, ...]] | None = None,
         hooks: tuple[FnPayload | None, FnPayload | None] = (None, None),
         hook_timeouts: tuple[float | None, float | None] = (None, None),
+        max_active: int | None = None,
+        insights: bool = False,
     ) -> None:
         self.nworkers = processes
+        self._max_active = max_active  # max_tasks_active: items in flight, all jobs together
+        # enable_insights: per-worker times and the slowest items (see _driver.insights)
+        self.insights = Insights(processes) if insights else None
         self._worker_init, self._worker_exit = hooks  # mpire's worker_init / worker_exit
         self._init_timeout, self._exit_timeout = hook_timeouts
         self.exit_results: list[Any] = []  # what worker_exit hooks returned (Pool.get_exit_results)
@@ -331,6 +337,8 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
                 return
         if self._maxtasks is not None:
             w.budget = self._maxtasks
+        if self.insights is not None:
+            self.insights.started(id(w), slot)
         self._slots[slot] = w
         self._all.add(w)
         self._sel.register(w.ch.fileno(), selectors.EVENT_READ, ("sock", w))

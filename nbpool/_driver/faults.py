@@ -129,6 +129,8 @@ class FaultsMixin(EngineState):
             return
         w.dead = True
         self._all.discard(w)
+        if self.insights is not None:
+            self.insights.ended(id(w))
         if w.fatal is not None:
             self._engine_failed(w.fatal)
         for fd in list(w.out_fds):  # what it printed before dying still reaches the user

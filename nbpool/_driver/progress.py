@@ -247,7 +247,14 @@ class ProgressMixin(EngineState):
         elif job is None and state == "stopped" and (self._closing or self._terminating):
             for r in rows:
                 r.update(state="dead", item=None, _argref=None, item_s=None, note="")
+        if job is not None and state != "running" and self.insights is not None:
+            # the pool's insights under the call's final dashboard; their text (the slowest
+            # items' reprs) is made in the view thread
+            extra = {"_insights": (self.insights, list(self._slots))}
+        else:
+            extra = {}
         return {
+            **extra,
             "v": 1,
             "title": p.title,
             "state": state,
@@ -316,7 +323,7 @@ class ProgressMixin(EngineState):
             row["item"] = stage
             if w.seen_item != (chunk.job.id, stage):  # a new item: since when
                 w.seen_item, w.seen_at = (chunk.job.id, stage), now
-                if chunk.track == TRACK_TIME:  # the worker wrote the item's start time
+                if chunk.track >= TRACK_TIME:  # the worker wrote the item's start time
                     # (slot[3] is written before slot[2]: it is this item's or a later one's)
                     w.seen_at = min(now, w.slot[3] / 1e9)
             row["item_s"] = round(max(0.0, now - w.seen_at), 2)

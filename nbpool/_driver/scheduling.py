@@ -7,10 +7,17 @@ chunk of the oldest job that has work, cut to size by ``_jobs``.
 
 from __future__ import annotations
 
-from .._errors import SerializationError
+from .._errors import add_note
 from .._jobs import Chunk, Job
 from .._worker.functions import FnPayload
-from .._worker.protocol import FN_CACHE_SIZE, TRACK_INDEX, TRACK_NONE, TRACK_TIME, RunChunk
+from .._worker.protocol import (
+    FN_CACHE_SIZE,
+    TRACK_INDEX,
+    TRACK_INSIGHTS,
+    TRACK_NONE,
+    TRACK_TIME,
+    RunChunk,
+)
 from .._worker.serialize import dumps_data, short_repr
 from .handle import WorkerHandle as Worker
 from .state import EngineState
@@ -36,10 +43,21 @@ class SchedulingMixin(EngineState):
                 self._pending.popleft()
                 self._maybe_finish(job)
                 continue
+            room = self._room()
+            if room == 0:
+                return
             candidates = [w for w in self._slots if w is not None and self._capacity(w, job)]
             if not candidates:
                 return
-            self._dispatch(job, min(candidates, key=lambda w: len(w.inflight)))
+            self._dispatch(job, min(candidates, key=lambda w: len(w.inflight)), room)
+
+    def _room(self) -> int | None:
+        """How many more items may be sent (``max_tasks_active``: items in flight, all jobs
+        and workers together); None: no bound."""
+        if self._max_active is None:
+            return None
+        inflight = sum(c.count for w in self._all for c in w.inflight.values())
+        return max(0, self._max_active - inflight)
 
     def _capacity(self, w: Worker, job: Job) -> bool:
         if w.dead or w.retiring or w.budget == 0:
@@ -65,9 +83,10 @@ class SchedulingMixin(EngineState):
             )
         return False
 
-    def _dispatch(self, job: Job, w: Worker) -> None:
+    def _dispatch(self, job: Job, w: Worker, room: int | None = None) -> None:
         self._flush_partials(w, job.id, keep=True)  # another job's last words end here
-        start, items = job.cut(self.nworkers, w.budget)
+        budget = w.budget if room is None or (w.budget is not None and w.budget < room) else room
+        start, items = job.cut(self.nworkers, budget)
         src = job.source
         if src.error is not None and src.exhausted and not job.length_sent:
             # The input iterable raised: that exception is the result at its position.
@@ -92,6 +111,8 @@ class SchedulingMixin(EngineState):
             track = TRACK_INDEX
         else:  # slow items, or not measured yet (probe chunks are small)
             track = TRACK_TIME
+        if self.insights is not None:  # every item timed, its start in the slot as TRACK_TIME
+            track = TRACK_INSIGHTS
         payload = self._fn_for(job, w)
         job.next_chunk_id += 1
         chunk = Chunk(job, job.next_chunk_id, start, items, track)
@@ -149,12 +170,14 @@ class SchedulingMixin(EngineState):
         try:
             dumps_data(items)
         except Exception as exc:
+            # The item fails with what pickling raised, of its own type (the stdlib's rule:
+            # ``except TypeError`` code keeps working), plus a note naming the item.
             arg = items[0]
-            err = SerializationError(
-                f"item {start} (argument {short_repr(arg)}, a {type(arg).__name__}) cannot be "
-                f"pickled: {exc}. Pass data the worker can rebuild (paths, numbers, arrays), or "
-                "create such objects in the worker (in the function or an `initializer`)."
+            add_note(
+                exc,
+                f"nbpool: item {start} (argument {short_repr(arg)}, a {type(arg).__name__}) "
+                "cannot be pickled. Pass data the worker can rebuild (paths, numbers, arrays), "
+                "or create such objects in the worker (in the function or an `initializer`).",
             )
-            err.__cause__ = exc
-            job.deliver(start, [None], {start: err})
+            job.deliver(start, [None], {start: exc})
         self._maybe_finish(job)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .._events import EventThread
     from .._jobs import Chunk, Job
     from .handle import WorkerHandle as Worker
+    from .insights import Insights
     from .output import OutputTarget, Router
     from .timers import Timers
 
@@ -38,6 +39,8 @@ class EngineState:
     _terminating: bool
     _closing: bool
     _max_memory: int | None
+    _max_active: int | None
+    insights: Insights | None
     router: Router
     first_ready: threading.Event
     first_ready_pid: int

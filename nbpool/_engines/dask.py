@@ -59,6 +59,10 @@ _CLIENTS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 # Dask worker address -> how many of its threads nbpool's live slots hold (all pools)
 _PLACED: dict[str, int] = {}
+# scheduler address -> slots created but not placed yet (a slot is placed by its bridge thread,
+# after Pool() returned): counted as taken, so a pool created right after another cannot be
+# promised the same threads
+_UNPLACED: dict[str, int] = {}
 
 
 def connect(address: Any) -> tuple[Any, str]:
@@ -123,6 +127,7 @@ def check_processes(client: Any, processes: int | None, address: str) -> int:
     total = sum(threads.values())
     with _LOCK:
         free = sum(max(0, n - _PLACED.get(a, 0)) for a, n in threads.items())
+        free = max(0, free - _UNPLACED.get(address, 0))
     if processes is None:
         if free < 1:
             raise ValueError(
@@ -201,7 +206,22 @@ class DaskWorker(BridgedWorker):
         self._worker_address = ""
         self._kill_lock = threading.Lock()
         self._killed = False
-        super().__init__(wid, address)
+        self._scheduler = address
+        with _LOCK:
+            _UNPLACED[address] = _UNPLACED.get(address, 0) + 1
+            self._unplaced = True  # until _placed()
+        try:
+            super().__init__(wid, address)
+        except BaseException:
+            with _LOCK:
+                self._placed()
+            raise
+
+    def _placed(self) -> None:
+        """No longer counted in ``_UNPLACED`` (placed, or never will be); under ``_LOCK``."""
+        if self._unplaced:
+            self._unplaced = False
+            _UNPLACED[self._scheduler] -= 1
 
     def _start(self) -> None:
         pass  # the actor is placed by the bridge thread (placing may wait for a free thread)
@@ -210,6 +230,8 @@ class DaskWorker(BridgedWorker):
         try:
             self._place()
         except Exception as exc:
+            with _LOCK:
+                self._placed()
             self._died(exc)
             self._bridge_ch.close()
             return
@@ -225,6 +247,7 @@ class DaskWorker(BridgedWorker):
                 if best is not None and free[best] > 0:
                     _PLACED[best] = _PLACED.get(best, 0) + 1
                     self._worker_address = best
+                    self._placed()
                     break
             if time.monotonic() > deadline or self._stopped:
                 raise RuntimeError(f"no free Dask worker thread within {PLACE_WAIT_S:.0f} s")

@@ -154,6 +154,11 @@ class ViewThread:
                 pids.add(row["pid"])
                 row["cpu"], row["rss"] = self._stats.get(row["pid"])
         self._stats.forget_others(pids)
+        pending = snap.pop("_insights", None)  # (Insights, worker handles): made into text here
+        if pending is not None:
+            from .._driver.insights import summary_lines
+
+            snap["insights"] = summary_lines(pending[0].report(pending[1]))
         if p.view == "widget":
             self._area(p).show(p, snap, final)
             p.displayed.set()

@@ -239,6 +239,7 @@ def render_text(snap: dict[str, Any]) -> str:
             f"  w{r['id']:<3} pid {pid:<8}{host} {r['state']:<12} {r['done']:>7,} done  {_item(r)}"
         )
         lines.append(line.rstrip())
+    lines += snap.get("insights", ())
     return "\n".join(lines)
 
 
@@ -285,6 +286,9 @@ def render_html(snap: dict[str, Any]) -> str:
         f"<th style='{cell}'>{h}</th>" for h in ("Worker", "PID", "State", "Item", "Done", "RSS")
     )
     note = f"<div style='color:#59636e'>{e(snap['note'])}</div>" if snap.get("note") else ""
+    insights = "".join(
+        f"<div style='color:#59636e'>{e(line)}</div>" for line in snap.get("insights", ())
+    )
     past = "".join(
         f"<div style='color:#59636e'><span style='color:{_COLOURS.get(h['state'], '#6e7781')}'>"
         f"●</span> {e(h['title'])} · {e(h['state'])} · {e(h['summary'])}</div>"
@@ -300,5 +304,5 @@ def render_html(snap: dict[str, Any]) -> str:
         f"<div style='background:{colour};height:6px;border-radius:4px;width:{pct:.1f}%'></div>"
         f"</div><div>{e(summary_line(snap))}</div>{note}"
         f"<table style='border-collapse:collapse;margin-top:4px'><tr>{head}</tr>"
-        f"{''.join(rows)}</table></div>"
+        f"{''.join(rows)}</table>{insights}</div>"
     )

@@ -15,6 +15,11 @@ notebook kernel's is the notebook's folder), and not inside an installed locatio
 standard library, site-packages, the environment's prefix). nbpool itself, cloudpickle and
 dill never are. Installed packages, editable installs elsewhere and the standard library go
 by reference, as with every other pool.
+
+A function whose by-value pickle fails (a class next to the notebook holding a lock or a pool
+as a class attribute) is pickled again with those modules by reference (``by_reference``):
+the workers import them, which works wherever they can (this machine), and the error names
+the first failure otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["by_value_module"]
+__all__ = ["by_reference", "by_value_module"]
 
 _NEVER = frozenset({"nbpool", "cloudpickle", "dill", "xxhash"})
 _cache: dict[tuple[str, str], bool] = {}
@@ -45,11 +50,26 @@ def _installed_dirs() -> list[str]:
     return _installed
 
 
+_only_main: list[bool] = []  # non-empty inside by_reference()
+
+
+class by_reference:
+    """``with by_reference():`` only ``__main__`` travels by value (see the module docstring).
+    The caller pickles functions in one thread at a time (the pool's submitting thread holds
+    no lock, but a retry is rare and short)."""
+
+    def __enter__(self) -> None:
+        _only_main.append(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _only_main.pop()
+
+
 def by_value_module(name: str | None) -> bool:
     """Whether functions and classes of module ``name`` are pickled by value."""
     if name == "__main__":
         return True
-    if not name or name.partition(".")[0] in _NEVER:
+    if _only_main or not name or name.partition(".")[0] in _NEVER:
         return False
     try:
         cwd = os.getcwd()

@@ -73,7 +73,9 @@ FN_CACHE_SIZE = 64
 # What a worker writes in slot[2] (see _engines.local_main) when it is not running a given item.
 STAGE_IDLE, STAGE_LOADING, STAGE_RUNNING, STAGE_PICKLING = -1, -2, -3, -4
 # RunChunk.track: how closely the worker reports, in its shared slot, which item it is on.
-TRACK_NONE, TRACK_INDEX, TRACK_TIME = 0, 1, 2
+# TRACK_INSIGHTS: as TRACK_TIME, and each item is timed (ChunkDone.slowest; enable_insights).
+TRACK_NONE, TRACK_INDEX, TRACK_TIME, TRACK_INSIGHTS = 0, 1, 2, 3
+SLOWEST_PER_CHUNK = 5  # (index, seconds) of a chunk's slowest items, with TRACK_INSIGHTS
 
 
 class RunChunk(Message):
@@ -160,6 +162,7 @@ class ChunkDone(Message):
     elapsed: float
     failures: tuple[ItemFailure, ...] = ()
     skipped: bool = False  # the job was cancelled before this chunk started: nothing ran
+    slowest: tuple[tuple[int, float], ...] = ()  # TRACK_INSIGHTS: (index, seconds), slowest first
 
 
 class ChunkLoadFailed(Message):

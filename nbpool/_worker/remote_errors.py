@@ -115,7 +115,8 @@ def rebuild_exception(
     data: bytes, tb: str, type_name: str, message: str, header: str, lost: str = ""
 ) -> BaseException:
     """The worker's exception, ready to raise in the caller (see the module docstring)."""
-    from .._errors import RemoteTraceback, TaskExitError
+    from .._errors import TaskExitError
+    from .._mp_errors import RemoteTraceback
 
     exc: BaseException
     try:

@@ -21,11 +21,13 @@ from functools import partial
 from .functions import load_fn
 from .protocol import (
     FN_CACHE_SIZE,
+    SLOWEST_PER_CHUNK,
     STAGE_IDLE,
     STAGE_LOADING,
     STAGE_PICKLING,
     STAGE_RUNNING,
     TRACK_INDEX,
+    TRACK_INSIGHTS,
     TRACK_NONE,
     ChunkDone,
     ChunkLoadFailed,
@@ -108,6 +110,36 @@ def _run_items(
     return results, failures
 
 
+def _run_items_timed(
+    fn: Any, kind: str, items: Any, start: int, slot: Any
+) -> tuple[list, list[ItemFailure], tuple[tuple[int, float], ...]]:
+    """``_run_items`` with every item timed (``enable_insights``): also the chunk's slowest
+    items, as (index, seconds). Clear and slower by a clock read and a try block an item."""
+    import heapq
+
+    results: list[Any] = []
+    failures: list[ItemFailure] = []
+    times: list[tuple[float, int]] = []
+    now = time.monotonic_ns
+    for i, x in enumerate(items, start):
+        t0 = now()
+        slot[3] = t0
+        slot[2] = i
+        try:
+            if kind == "map":
+                results.append(fn(x))
+            elif kind == "star":
+                results.append(fn(*x))
+            else:
+                results.append(fn(*x[0], **x[1]))
+        except BaseException as exc:
+            failures.append(_failure(i, exc))
+            results.append(None)
+        times.append(((now() - t0) / 1e9, i))
+    slowest = heapq.nlargest(SLOWEST_PER_CHUNK, times)
+    return results, failures, tuple((i, seconds) for seconds, i in slowest)
+
+
 def _pack_results(results: list, failures: list[ItemFailure], start: int) -> tuple[Any, list]:
     try:
         data, buffers = dumps_data(results, to_caller=True)
@@ -115,15 +147,18 @@ def _pack_results(results: list, failures: list[ItemFailure], start: int) -> tup
     except Exception:
         pass
     # Slow path: find the results that cannot be pickled, fail just those, ship the rest.
-    from .._errors import SerializationError
+    from .._mp_errors import UnpicklableResultError
+    from .serialize import short_repr
 
     for i, r in enumerate(results):
         try:
             dumps_data(r, to_caller=True)
         except Exception as exc:
-            err = SerializationError(
+            err = UnpicklableResultError(
                 f"the result of item {start + i} is a {type(r).__name__} that cannot be pickled "
-                f"({exc}); return plain data (numbers, strings, lists, dicts, arrays) instead"
+                f"({exc}); return plain data (numbers, strings, lists, dicts, arrays) instead",
+                repr(exc),
+                short_repr(r),
             )
             failures.append(_failure(start + i, err))
             results[i] = None
@@ -273,7 +308,11 @@ class Runner:
             tb = pack_exception(exc, __name__)[1]
             return ChunkLoadFailed(wid, msg.job_id, msg.chunk_id, tb), []
         del buffers[:]
-        results, failures = _run_items(fn, msg.kind, items, msg.start, slot, msg.track)
+        slowest: tuple[tuple[int, float], ...] = ()
+        if msg.track == TRACK_INSIGHTS:
+            results, failures, slowest = _run_items_timed(fn, msg.kind, items, msg.start, slot)
+        else:
+            results, failures = _run_items(fn, msg.kind, items, msg.start, slot, msg.track)
         del items
         slot[2] = STAGE_PICKLING
         data, out = _pack_results(results, failures, msg.start)
@@ -281,4 +320,5 @@ class Runner:
         elapsed = time.perf_counter() - t0
         flush_std()  # a partial line too: the kernel reads the output when ChunkDone comes
         # (slot[2] stays STAGE_PICKLING until the transport has sent the results)
-        return ChunkDone(wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures)), [data, *out]
+        done = ChunkDone(wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures), False, slowest)
+        return done, [data, *out]

@@ -71,10 +71,17 @@ def test_more_workers_than_the_cluster_has_threads_is_refused(dask_cluster):
     with nbpool.Pool(address=dask_cluster.address) as pool:  # the default: its free threads
         assert pool._processes == 2
         assert pool.backend == "dask" and pool.address == dask_cluster.address
-        # (its slots are placed by their bridge threads: wait until both hold their thread)
+        # At once: its slots are placed by their bridge threads after Pool() returned, but
+        # they count as taken from the start (a pool made right after one got the same threads)
+        with pytest.raises(ValueError, match=r"none of them free .* Close another pool on it"):
+            nbpool.Pool(1, address=dask_cluster.address)
         assert wait_until(lambda: len(pool._engine.worker_pids()) == 2)
         with pytest.raises(ValueError, match=r"none of them free .* Close another pool on it"):
             nbpool.Pool(1, address=dask_cluster.address)  # this pool holds both threads
+        assert pool.map(f.sq, [5]) == [25]
+    # and once it is gone, its threads are free again at once
+    with nbpool.Pool(address=dask_cluster.address) as pool:
+        assert pool._processes == 2
 
 
 def test_a_client_of_the_callers_own_is_used_as_it_is(dask_cluster):

@@ -7,6 +7,7 @@ import gc
 import io
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -548,6 +549,18 @@ def test_dill_gives_a_module_function_the_same_globals_on_every_call():
         assert [pool.apply(f.read_state) for _ in range(3)] == [5, 5, 5]
 
 
+def _run_next_to(tmp_path, helpers: str, script: str) -> str:
+    """Run ``script`` in a fresh interpreter whose working directory holds ``helpers.py``
+    (a module next to the notebook); its stdout."""
+    (tmp_path / "helpers.py").write_text(helpers)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 MODULE_AS_OBJECT = """
 import helpers, nbpool
 exec("def f(x):\\n    return ('kernel', x, K)", helpers.__dict__)  # edited in the kernel only
@@ -560,12 +573,53 @@ def test_a_module_next_to_the_notebook_used_as_an_object_runs_the_kernels_code(t
     """``lambda x: helpers.f(x)``: the worker gets the kernel's ``helpers`` (its functions,
     classes and constants), not the file on disk, and not an empty module on a node that has
     no such file (the Ray parity suite's lambdas read ``nbfuncs`` this way)."""
-    (tmp_path / "helpers.py").write_text(
-        "K = 3\n\ndef f(x):\n    return ('disk', x, K)\n\nclass Box:\n    size = 9\n"
+    helpers = "K = 3\n\ndef f(x):\n    return ('disk', x, K)\n\nclass Box:\n    size = 9\n"
+    assert _run_next_to(tmp_path, helpers, MODULE_AS_OBJECT) == "[('kernel', 1, 3, 3, 9)]"
+
+
+LOCKED_CLASS = """
+import nbpool, helpers
+with nbpool.Pool(1) as pool:
+    print(pool.map(helpers.Locked.twice, [1, 2]))
+"""
+
+
+def test_a_class_next_to_the_notebook_that_holds_a_lock_goes_by_reference(tmp_path):
+    """By value, ``helpers.Locked`` (and its lock) cannot be pickled; the worker imports
+    ``helpers`` instead of the call failing (before: ``SerializationError`` ... '_thread.lock').
+    CPython's own Pool tests pass classmethods of such a class (with the class's pool in it)."""
+    helpers = (
+        "import threading\n\nclass Locked:\n    lock = threading.Lock()\n\n"
+        "    @classmethod\n    def twice(cls, x):\n        return 2 * x\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", MODULE_AS_OBJECT],
-        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[('kernel', 1, 3, 3, 9)]"
+    assert _run_next_to(tmp_path, helpers, LOCKED_CLASS) == "[2, 4]"
+
+
+def _inner_sq(x):
+    print("inner", x)
+    return x * x
+
+
+def _outer_sum(n):
+    with nbpool.Pool(2, progress=False) as inner:
+        return sum(inner.map(_inner_sq, range(n)))
+
+
+def _outer_sleeps(seconds):
+    with nbpool.Pool(2, progress=False) as inner:
+        return inner.map(time.sleep, [seconds] * 2)
+
+
+def test_a_task_may_run_a_pool_of_its_own_and_stopping_it_ends_both(capfd):
+    """Nested pools (docs/worker-features.md): the inner workers' output reaches the caller
+    tagged with both workers, and a stop of the outer worker (task_timeout here) takes its
+    inner pool's workers with it (the leftover check of every test would see them)."""
+    with nbpool.Pool(2) as pool:
+        assert pool.map(_outer_sum, [3, 4], 1) == [5, 14]
+    out = capfd.readouterr().out
+    assert re.search(r"^\[w\d pid \d+\] \[w\d pid \d+\] inner 2$", out, re.M), out
+    t0 = time.monotonic()
+    with nbpool.Pool(1, task_timeout=3) as pool:
+        with pytest.raises(nbpool.TaskTimeoutError):
+            pool.apply(_outer_sleeps, (60,))
+    assert time.monotonic() - t0 < 20

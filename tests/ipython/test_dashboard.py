@@ -334,3 +334,32 @@ def test_a_loop_of_calls_in_one_cell_shares_one_dashboard(tmp_path):
     ]
     shown = d["updates"][-1]["content"]["data"]["text/plain"]
     assert "map(slow) · 20 items · finished" in shown and "22 / 22 items" in shown
+
+
+def test_insights_show_under_the_final_dashboard(tmp_path):
+    """enable_insights=True: the call's final snapshot carries the pool's insights (time
+    shares and the slowest items with their arguments), in the widget and its text/html."""
+    code = (
+        "ipool = nbpool.Pool(2, enable_insights=True)\n"
+        "def sleepy(x):\n"
+        "    time.sleep(0.4 if x == 'the slow one' else 0.01)\n"
+        "    return x\n"
+        "ipool.map(sleepy, ['a', 'the slow one', 'b', 'c'], 1, progress=True)"
+    )
+    with kernel(str(tmp_path)) as (_km, kc):
+        run_cell(kc, SETUP)
+        _, msgs = timed_cell(kc, code)
+        final = dashboard_traffic(msgs)["snapshots"][-1][1]
+        assert final["state"] == "finished"
+        first, slow, *_ = final["insights"]
+        assert first.startswith("insights: working ") and "over 2 workers" in first
+        assert slow.startswith("slow: 0.4") and "item 1" in slow and "'the slow one'" in slow
+        assert "_insights" not in final
+        html = [
+            m["content"]["data"]["text/html"]
+            for _, m in msgs
+            if m["msg_type"] in ("display_data", "update_display_data")
+            and "text/html" in m["content"].get("data", {})
+        ]
+        assert "insights: working" in html[-1]
+        run_cell(kc, "ipool.terminate()")

@@ -95,6 +95,77 @@ def test_worker_lifespan_counts_items(engine):
     assert max(pids.values()) == 3 and len(pids) >= 4
 
 
+def test_max_tasks_active_bounds_the_items_in_flight(engine, tmp_path):
+    """With max_tasks_active=1 only one item is out at a time, although two workers wait:
+    no two items' run times overlap. With 3, a lazy input is pulled at most 3 items ahead of
+    the results (the items in flight), whatever chunksize asks for."""
+
+    def span(x):
+        t0 = time.monotonic()
+        time.sleep(0.02)
+        return x, t0, time.monotonic()
+
+    with nbpool.Pool(2, max_tasks_active=1, **engine) as pool:
+        spans = sorted(pool.map(span, range(12)), key=lambda s: s[1])
+    assert [s[0] for s in sorted(spans)] == list(range(12))
+    assert all(a[2] <= b[1] for a, b in itertools.pairwise(spans))
+
+    # Each task appends a line to a file when it ends; the input counts them as it is pulled.
+    done_file = tmp_path / "done"
+    done_file.touch()
+
+    def mark(x):
+        with open(done_file, "a") as fh:
+            fh.write(".")
+        return x * x
+
+    ahead = []
+
+    def items():
+        for i in range(30):
+            # after this one is sent: i + 1 items out, of which at least this many ended
+            ahead.append(i + 1 - len(done_file.read_text()))
+            yield i
+
+    with nbpool.Pool(2, max_tasks_active=3, **engine) as pool:
+        assert list(pool.imap(mark, items(), chunksize=10)) == [x * x for x in range(30)]
+    assert max(ahead) <= 3  # (without the bound: 10 and more, a chunk of 10 at a time)
+
+
+def test_insights_record_each_workers_times_and_the_slowest_items(engine, capsys):
+    def sleepy(x):
+        time.sleep(0.3 if x == "slow" else 0.01)
+        return x
+
+    items = ["a", "b", "slow", *"cdefghijk"]
+    with nbpool.Pool(
+        2, enable_insights=True, initializer=time.sleep, initargs=(0.1,), **engine
+    ) as pool:
+        assert pool.map(sleepy, items, 2) == items
+        assert pool.apply(sleepy, ("z",)) == "z"
+        r = pool.get_insights()
+        pool.print_insights()
+    assert [w["id"] for w in r["workers"]] == [0, 1]
+    assert r["total"]["items"] == len(items) + 1 == sum(w["items"] for w in r["workers"])
+    for w in r["workers"]:
+        assert w["workers_started"] == 1 and w["pid"]
+        assert w["start_up_s"] >= 0.1  # the initializer is part of start-up
+    assert r["total"]["working_s"] >= 0.3 + 0.01 * len(items)
+    assert abs(sum(r["ratios"].values()) - 1) < 1e-6
+    top = r["slowest"][0]
+    assert top["args"] == "'slow'" and top["item"] == 2 and top["call"].endswith("sleepy`)")
+    assert 0.3 <= top["seconds"] < 2 and top["worker"] in (0, 1)
+    assert len(r["slowest"]) == 5
+    assert [s["seconds"] for s in r["slowest"]] == sorted(
+        (s["seconds"] for s in r["slowest"]), reverse=True
+    )
+    out = capsys.readouterr().out
+    assert "nbpool insights: 2 worker slots, 13 items" in out
+    assert "item 2 of map(`" in out and "sleepy`) on w" in out and ": 'slow'" in out
+    with nbpool.Pool(1, **engine) as pool, pytest.raises(ValueError, match="enable_insights=True"):
+        pool.get_insights()
+
+
 def _affinity(wid, _x):
     import os
 
@@ -139,6 +210,12 @@ def test_bad_values_name_the_option():
         nbpool.Pool(1, worker_init=3)
     with pytest.raises(ValueError, match="worker_exit_timeout"):
         nbpool.Pool(1, worker_exit_timeout=-1)
+    with pytest.raises(TypeError, match="enable_insights must be True or False"):
+        nbpool.Pool(1, enable_insights=1)
+    with pytest.raises(ValueError, match="max_tasks_active must be >= 1"):
+        nbpool.Pool(1, max_tasks_active=0)
+    with pytest.raises(TypeError, match="max_tasks_active must be an int"):
+        nbpool.Pool(1, max_tasks_active=2.5)
     with nbpool.Pool(1) as pool:
         with pytest.raises(ValueError, match="iterable_len must be 0 or more"):
             pool.imap(f.sq, [1], iterable_len=-1)

@@ -57,7 +57,8 @@ def test_the_local_engine_never_imports_a_cluster_engine():
         "with nbpool.Pool(2) as pool:\n"
         "    assert pool.map(abs, [-1]) == [1]\n"
         "cluster = ['ray', 'dask', 'distributed', 'nbpool._engines.ray',"
-        " 'nbpool._engines.dask', 'nbpool._engines.bridge']\n"
+        " 'nbpool._engines.dask', 'nbpool._engines.bridge',"
+        " 'multiprocessing.pool']\n"  # (imported only for a worker's exception: ~10 ms)
         "print(sorted(m for m in cluster if m in sys.modules))\n"
     )
     assert run_python(code) == "[]"
@@ -75,6 +76,16 @@ def test_error_tree():
     assert issubclass(nbpool.ClusterConnectionError, ConnectionError)
     for cls in (nbpool.PoolClosedError, nbpool.WorkerLostError, nbpool.SerializationError):
         assert issubclass(cls, nbpool.NbpoolError)
+    # the stdlib's own classes where code written for it checks them
+    import multiprocessing.pool
+
+    from nbpool._mp_errors import UnpicklableResultError
+
+    assert nbpool.RemoteTraceback is multiprocessing.pool.RemoteTraceback
+    assert issubclass(UnpicklableResultError, multiprocessing.pool.MaybeEncodingError)
+    assert issubclass(UnpicklableResultError, nbpool.SerializationError)
+    back = pickle.loads(pickle.dumps(UnpicklableResultError("item 3", "TypeError()", "<lock>")))
+    assert (str(back), back.exc, back.value) == ("item 3", "TypeError()", "<lock>")
     err = nbpool.WorkerLostError("x", worker_id=1, pid=2, exitcode=-9, index=4, host="n2")
     back = pickle.loads(pickle.dumps(err))
     assert (back.worker_id, back.pid, back.exitcode, back.index, back.host) == (1, 2, -9, 4, "n2")
