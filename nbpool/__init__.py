@@ -35,6 +35,7 @@ _WHERE = {
     "TaskTimeoutError": "._errors",
     "TimeoutError": "._errors",
     "WorkerLostError": "._errors",
+    "ObjectRef": "._worker.refs",
     "WorkerInfo": "._worker.current",
     "current_worker": "._worker.current",
     "wait": "._results",
@@ -51,6 +52,7 @@ __all__ = [
     "MapResult",
     "MemoryLimitError",
     "NbpoolError",
+    "ObjectRef",
     "Pool",
     "PoolClosedError",
     "RemoteTraceback",
@@ -90,6 +92,7 @@ if TYPE_CHECKING:
         wait,
     )
     from ._worker.current import WorkerInfo, current_worker
+    from ._worker.refs import ObjectRef
 
 
 def load_ipython_extension(ipython: object) -> None:

@@ -22,8 +22,8 @@ from ._options import (
     check_int,
     check_seconds,
     parse_bytes,
-    start_method,
 )
+from ._options import start_method as context_method
 from ._progress import (
     FINAL_RENDER_WAIT_S,
     JobProgress,
@@ -69,6 +69,9 @@ TERMINATE_WAIT_S = 5.0
 IDLE_CHECK_WAIT_S = 30.0
 CALLBACK_WAIT_S = 1.0
 _SERIALIZERS = ("cloudpickle", "dill")
+# "spawn": a fresh interpreter per worker (subprocess); "forkserver": forked from a server that
+# was itself spawned, with nbpool, cloudpickle and dill imported (_engines.forkserver)
+_START_METHODS = ("spawn", "forkserver")
 _job_ids = itertools.count(1)
 _DROPPED = KeyboardInterrupt("the iterator was dropped before its end: its job was cancelled")
 
@@ -160,6 +163,78 @@ def _cpu_pins(cpu_ids: Any, processes: int, here: bool) -> list[tuple[int, ...]]
             raise ValueError("cpu_ids: an entry is an empty list; give at least one CPU id")
         pins.append(ids)
     return pins * processes if len(pins) == 1 else pins
+
+
+def _gpu_slices(gpus: Any, processes: int) -> list[tuple[tuple[str, str], ...]] | None:
+    """``gpus=`` -> each worker slot's ``CUDA_VISIBLE_DEVICES``. ``gpus``: how many of this
+    machine's GPUs to use (the first N of the caller's ``CUDA_VISIBLE_DEVICES``, or ids 0..N-1)
+    or their ids (ints, or strings such as ``"GPU-4b1c..."`` UUIDs). With at least as many GPUs
+    as workers, each worker gets its own contiguous slice; with fewer, worker i gets GPU
+    i mod len(gpus) (workers share them)."""
+    if gpus is None:
+        return None
+    if isinstance(gpus, bool):
+        raise TypeError(f"gpus must be a number of GPUs or a list of GPU ids, not {gpus!r}")
+    if isinstance(gpus, int):
+        if gpus < 1:
+            raise ValueError(f"gpus must be 1 or more (GPUs to use), not {gpus}")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else None
+        if ids is None:
+            ids = [str(i) for i in range(gpus)]
+        elif len(ids) < gpus:
+            raise ValueError(
+                f"gpus={gpus}, but CUDA_VISIBLE_DEVICES={visible!r} makes {len(ids)} visible here"
+            )
+        ids = ids[:gpus]
+    elif isinstance(gpus, (list, tuple)):
+        ids = []
+        for g in gpus:
+            if isinstance(g, bool) or not isinstance(g, (int, str)):
+                raise TypeError(f"gpus: a GPU id must be an int or a string, not {g!r}")
+            if (isinstance(g, int) and g < 0) or (isinstance(g, str) and not g.strip()):
+                raise ValueError(f"gpus: a GPU id must be 0 or more (or a UUID), not {g!r}")
+            ids.append(str(g))
+        if not ids:
+            raise ValueError("gpus is an empty list: give at least one GPU id, or leave it out")
+    else:
+        raise TypeError(f"gpus must be a number of GPUs or a list of GPU ids, not {gpus!r}")
+    if len(ids) < processes:
+        groups = [[ids[i % len(ids)]] for i in range(processes)]
+    else:
+        size, extra = divmod(len(ids), processes)
+        groups, at = [], 0
+        for i in range(processes):
+            n = size + (1 if i < extra else 0)
+            groups.append(ids[at : at + n])
+            at += n
+    return [(("CUDA_VISIBLE_DEVICES", ",".join(g)),) for g in groups]
+
+
+def _check_resources(resources: Any, backend: str) -> dict[str, float] | None:
+    """``resources=``: what each worker holds on a cluster (Ray: its actor's resources, Dask:
+    resources its Dask worker was started with), as ``{name: amount}``."""
+    if resources is None:
+        return None
+    if backend == "local":
+        raise ValueError(
+            "resources= is for a Ray or Dask cluster (what each worker holds there); on this "
+            "machine, processes= sets the CPUs and gpus= the GPUs"
+        )
+    if not isinstance(resources, Mapping) or not resources:
+        raise TypeError(
+            f"resources must be a non-empty dict such as {{'GPU': 1}}, not {resources!r}"
+        )
+    out: dict[str, float] = {}
+    for name, amount in resources.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"resources: a resource name must be a string, not {name!r}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise TypeError(f"resources[{name!r}] must be a number, not {amount!r}")
+        if not amount > 0:
+            raise ValueError(f"resources[{name!r}] must be > 0, not {amount}")
+        out[name] = float(amount)
+    return out
 
 
 def _dump_shared(shared_objects: Any) -> Any:
@@ -260,6 +335,9 @@ class Pool:
         worker_exit_timeout: float | None = None,
         max_tasks_active: int | None = None,
         enable_insights: bool = False,
+        gpus: int | list[int | str] | None = None,
+        resources: dict[str, float] | None = None,
+        start_method: str = "spawn",
     ) -> None:
         self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
         self._engine: Engine | None = None
@@ -277,19 +355,32 @@ class Pool:
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         self.backend, self.address = choose(backend, ray_address, address)
+        need = _check_resources(resources, self.backend)
+        if start_method not in _START_METHODS:
+            raise ValueError(
+                f"start_method must be one of {', '.join(map(repr, _START_METHODS))}, not "
+                f"{start_method!r}"
+            )
+        if start_method != "spawn" and self.backend != "local":
+            raise ValueError(
+                f"start_method={start_method!r} is for this machine's workers; on a "
+                f"{self.backend.capitalize()} cluster leave it out"
+            )
         new_worker: Callable[[int], WorkerHandle] | None = None
         if self.backend == "ray":
             from ._engines import ray as _ray
 
             ray = _ray.connect(self.address)
-            processes = _ray.check_processes(ray, processes, self.address)
-            new_worker = functools.partial(_ray.RayWorker, ray=ray)
+            processes = _ray.check_processes(ray, processes, self.address, need)
+            new_worker = functools.partial(_ray.RayWorker, ray=ray, resources=need)
         elif self.backend == "dask":
             from ._engines import dask as _dask
 
             client, self.address = _dask.connect(self.address)
-            processes = _dask.check_processes(client, processes, self.address)
-            new_worker = functools.partial(_dask.DaskWorker, client=client, address=self.address)
+            processes = _dask.check_processes(client, processes, self.address, need)
+            new_worker = functools.partial(
+                _dask.DaskWorker, client=client, address=self.address, resources=need
+            )
         elif processes is None:
             processes = os.cpu_count() or 1
         if worker_lifespan is not None:
@@ -314,6 +405,12 @@ class Pool:
         ):
             raise ValueError("maxtasksperchild must be a positive int or None")
         pins = _cpu_pins(cpu_ids, processes, self.backend == "local")
+        if gpus is not None and self.backend != "local":
+            raise ValueError(
+                f"gpus= hands out this machine's GPUs; on a {self.backend.capitalize()} cluster "
+                "the cluster places work on its GPUs: leave gpus out"
+            )
+        slot_env = _gpu_slices(gpus, processes)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         if serializer not in _SERIALIZERS:
@@ -333,7 +430,7 @@ class Pool:
         self._task_timeout = check_seconds("task_timeout", task_timeout)
         self._progress = check_progress(progress)
         max_memory = parse_bytes("max_memory_per_worker", max_memory_per_worker)
-        method = start_method(context)
+        method = context_method(context)
         if method == "fork":
             warnings.warn(
                 "nbpool never forks the calling process (forking a Jupyter kernel, which runs "
@@ -362,7 +459,10 @@ class Pool:
         started: list[Worker] = []
         try:
             if new_worker is None:
-                started.extend(Worker(i, lifeline[0]) for i in range(processes))
+                started.extend(Worker(i, lifeline[0], start_method) for i in range(processes))
+                new_worker = functools.partial(
+                    Worker, lifeline=lifeline[0], start_method=start_method
+                )
             _import_the_rest()
             self._engine = Engine(
                 processes,
@@ -376,6 +476,7 @@ class Pool:
                 new_worker=new_worker,
                 worker_args=worker_args,
                 cpu_pins=pins,
+                slot_env=slot_env,
                 hooks=(
                     dumps_fn(worker_init, serializer, role="worker_init") if worker_init else None,
                     dumps_fn(worker_exit, serializer, role="worker_exit") if worker_exit else None,
@@ -543,6 +644,38 @@ class Pool:
         if engine.exit_errors:
             raise engine.exit_errors[0]
         return list(engine.exit_results)
+
+    def put(self, obj: Any) -> Any:
+        """Store ``obj`` once and get a reference to pass instead of it (Ray's ``ray.put``):
+        an ``ObjectRef`` given as an argument, or inside one, to any call of this pool reaches
+        the task as ``obj``. Each worker gets its pickle once, with the first chunk that needs
+        it, and unpickles it once: every item it runs gets the same object. The pickle is kept
+        until the last reference is dropped. Pickled now: an unpicklable object fails here.
+
+        Example::
+
+            table = pool.put(big_lookup_table)              # sent to each worker once
+            pool.map(lambda key, t: t[key], keys_and_refs)  # not once per item
+            pool.starmap(score, [(row, table) for row in rows])
+        """
+        self._check_running()
+        from ._errors import SerializationError
+        from ._worker.refs import ObjectRef
+        from ._worker.serialize import dumps_data, short_repr
+
+        try:
+            data, oob = dumps_data(obj)
+        except Exception as exc:
+            raise SerializationError(
+                f"put() got {short_repr(obj)} (a {type(obj).__name__}), which cannot be pickled: "
+                f"{exc}"
+            ) from exc
+        ref = ObjectRef(len(data) + sum(memoryview(b).nbytes for b in oob))
+        engine = self._engine
+        assert engine is not None
+        engine.refs[ref.id] = (data, list(oob))
+        weakref.finalize(ref, engine.drop_ref, ref.id)
+        return ref
 
     def get_insights(self) -> dict[str, Any]:
         """Where the workers' time went (``enable_insights=True``), as data, at any time (also

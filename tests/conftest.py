@@ -23,9 +23,10 @@ CLUSTER_PIDS: list[object] = []  # objects with .descendants() -> set[int]
 def pytest_addoption(parser):
     parser.addoption(
         "--engines",
-        default="local",
-        help="engines the parity tests run on, comma-separated: local, ray, dask (default: "
-        "local). tests/ray and tests/dask run only when their engine is among them.",
+        default="local,forkserver",
+        help="engines the parity tests run on, comma-separated: local, forkserver (the local "
+        "engine with start_method='forkserver'), ray, dask (default: local,forkserver). "
+        "tests/ray and tests/dask run only when their engine is among them.",
     )
 
 
@@ -103,7 +104,14 @@ def engine(request):
         return {"ray_address": head.address}
     if request.param == "dask":
         return {"address": request.getfixturevalue("dask_cluster").address}
+    if request.param == "forkserver":
+        return {"start_method": "forkserver"}
     return {}
+
+
+def on_cluster(engine: dict) -> bool:
+    """Whether the ``engine`` fixture's pool runs on a cluster (Ray, Dask), not this machine."""
+    return "address" in engine or "ray_address" in engine
 
 
 def _children() -> set[int]:
@@ -118,7 +126,10 @@ def _children() -> set[int]:
         if p.pid in cluster:
             continue
         try:
-            if "resource_tracker" in " ".join(p.cmdline()):
+            cmdline = " ".join(p.cmdline())
+            # the stdlib's resource tracker, and nbpool's fork server (kept for the life of
+            # the test process, as in a kernel: its forked workers are still checked)
+            if "resource_tracker" in cmdline or "nbpool._engines.forkserver" in cmdline:
                 continue
         except psutil.Error:
             continue

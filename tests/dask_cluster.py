@@ -89,6 +89,7 @@ def start_dask_cluster(workers: int = 2, threads: int = 1) -> DaskCluster:
             "--nthreads", str(threads), "--name", f"node{i}",
             "--dashboard-address", "127.0.0.1:0",
             "--local-directory", os.path.join(tmp, f"dt{i}"), "--death-timeout", "30",
+            *(["--resources", "gpuish=1"] if i == 0 else []),  # for resources= (tests/parity)
         ]  # fmt: skip
         cluster.workers.append(start(args, f"worker{i}.log"))
     for i, proc in enumerate(cluster.workers):

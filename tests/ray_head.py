@@ -70,6 +70,7 @@ def start_ray_head(num_cpus: int = 2, multi_node: bool = False, driver: bool = T
             [
                 ray_bin, "start", "--head", "--block", f"--port={port}",
                 "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+                '--resources={"gpuish": 1}',  # for resources= (tests/parity)
                 f"--ray-client-server-port={client_port}", "--include-dashboard=false",
                 "--object-store-memory=100000000",
                 f"--temp-dir={tmp}", "--disable-usage-stats",

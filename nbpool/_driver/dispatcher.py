@@ -105,6 +105,12 @@ class Watch(Message):
     progress: Any  # a _driver.progress.JobProgress for the whole pool
 
 
+class DropRef(Message):
+    """The caller dropped its last ObjectRef of this id (see _worker.refs)."""
+
+    ref_id: int
+
+
 class Close(Message):
     pass
 
@@ -130,6 +136,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         worker_args: tuple[str, ...] = (),
         shared: tuple[Any, list[Any]] | None = None,
         cpu_pins: list[tuple[int, ...]] | None = None,
+        slot_env: list[tuple[tuple[str, str], ...]] | None = None,
         hooks: tuple[FnPayload | None, FnPayload | None] = (None, None),
         hook_timeouts: tuple[float | None, float | None] = (None, None),
         max_active: int | None = None,
@@ -139,11 +146,15 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         self._max_active = max_active  # max_tasks_active: items in flight, all jobs together
         # enable_insights: per-worker times and the slowest items (see _driver.insights)
         self.insights = Insights(processes) if insights else None
+        # pool.put objects: id -> (pickle, out-of-band buffers) (see _worker.refs). Written by
+        # Pool.put in the caller's thread (a dict store), read and emptied here.
+        self.refs: dict[int, tuple[bytes, list[Any]]] = {}
         self._worker_init, self._worker_exit = hooks  # mpire's worker_init / worker_exit
         self._init_timeout, self._exit_timeout = hook_timeouts
         self.exit_results: list[Any] = []  # what worker_exit hooks returned (Pool.get_exit_results)
         self.exit_errors: list[BaseException] = []
         self._cpu_pins = cpu_pins  # slot -> the CPU ids its worker is pinned to
+        self._slot_env = slot_env  # slot -> environment variables of its workers (gpus=)
         self._worker_args = worker_args  # see _worker.protocol.Hello
         self._shared = shared  # the shared objects, pickled once for every worker
         # How a worker for a slot is started: a local process unless an engine says otherwise
@@ -212,6 +223,13 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
 
     def watch(self, progress: Any) -> None:
         self._command(Watch(progress))
+
+    def drop_ref(self, ref_id: int) -> None:
+        """From the ObjectRef's finalizer (any thread, maybe after the pool ended)."""
+        try:
+            self._command(DropRef(ref_id))
+        except Exception:  # the pool is gone, and its store with it
+            pass
 
     def close(self) -> None:
         self._command(Close())
@@ -320,10 +338,19 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
                     self._progress_concluded(job)
             elif isinstance(cmd, Watch):
                 self._watch(cmd.progress)
+            elif isinstance(cmd, DropRef):
+                self._drop_ref(cmd.ref_id)
             elif isinstance(cmd, Close):
                 self._closing = True
             elif isinstance(cmd, Terminate):
                 self._terminating = True
+
+    def _drop_ref(self, ref_id: int) -> None:
+        self.refs.pop(ref_id, None)
+        for w in self._all:  # the workers that hold it forget it with their next chunk
+            if ref_id in w.refs:
+                w.refs.discard(ref_id)
+                w.refs_dropped.append(ref_id)
 
     # ------------------------------------------------------------------ workers
 
@@ -368,6 +395,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             cpu_ids=self._cpu_pins[slot] if self._cpu_pins else (),
             worker_init=self._worker_init,
             worker_exit=self._worker_exit,
+            env=self._slot_env[slot] if self._slot_env else (),
         )
         if self._worker_init is not None:  # its globals are applied in the worker too
             w.globals.update({(m, name): got for m, name, got, _ in self._worker_init.globals})
@@ -456,6 +484,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         # Each step on its own: a failure in one (a bug, a worker in a strange state) must not
         # skip the rest, above all closing the wake pipe that later calls check (see _post).
         _LIVE.discard(self)
+        self.refs.clear()  # an ObjectRef the caller keeps must not keep its pickle alive
         err = PoolClosedError("the pool was terminated before this result was ready")
         jobs = list(self._jobs.values())
         steps: list[Callable[[], object]] = []

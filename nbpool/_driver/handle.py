@@ -50,6 +50,8 @@ class WorkerHandle:
         self.inflight: dict[tuple[int, int], Any] = {}  # (job, chunk) -> Chunk, in send order
         self.fns: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.globals: dict[tuple[str, str], bytes] = {}  # mirror of its _worker.functions._APPLIED
+        self.refs: set[int] = set()  # pool.put objects it holds (mirror of _worker.refs)
+        self.refs_dropped: list[int] = []  # ... and those it may forget, told with its next chunk
         self.budget: int | None = None  # items left before maxtasksperchild retires it
         self.init_error: BaseException | None = None
         self.exited_cleanly = False  # it answered Shutdown (ExitDone): its worker_exit ran

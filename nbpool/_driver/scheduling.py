@@ -18,6 +18,7 @@ from .._worker.protocol import (
     TRACK_TIME,
     RunChunk,
 )
+from .._worker.refs import used
 from .._worker.serialize import dumps_data, short_repr
 from .handle import WorkerHandle as Worker
 from .state import EngineState
@@ -97,10 +98,25 @@ class SchedulingMixin(EngineState):
             self._maybe_finish(job)
             return
         try:
-            data, oob = dumps_data(items)
+            with used() as ref_ids:  # pool.put objects among the items
+                data, oob = dumps_data(items)
         except Exception:
             self._split_unpicklable(job, start, items)
             return
+        ref_buffers: list[Any] = []
+        refs: tuple[tuple[int, int], ...] = ()
+        if ref_ids:
+            unknown = [r for r in ref_ids if r not in self.refs]
+            if unknown:
+                self._unknown_ref(job, start, items, unknown[0])
+                return
+            new = [r for r in dict.fromkeys(ref_ids) if r not in w.refs]
+            for r in new:
+                pickled, pickled_oob = self.refs[r]
+                ref_buffers += [pickled, *pickled_oob]
+            refs = tuple((r, 1 + len(self.refs[r][1])) for r in new)
+            w.refs.update(new)
+        drop, w.refs_dropped = tuple(w.refs_dropped), []
         job.last_bytes = len(data) + sum(memoryview(b).nbytes for b in oob)
         if job.task_timeout is not None:
             track = TRACK_TIME
@@ -128,12 +144,14 @@ class SchedulingMixin(EngineState):
             job.fn.digest,
             track,
             levels,
+            refs,
+            drop,
         )
         w.inflight[(job.id, chunk.chunk_id)] = chunk
         job.inflight += 1
         if w.budget is not None:
             w.budget -= len(items)
-        self._send(w, msg, [data, *oob])
+        self._send(w, msg, [data, *oob, *ref_buffers])
         if job.progress is not None:
             self._progress_started(job)
 
@@ -161,6 +179,17 @@ class SchedulingMixin(EngineState):
             job.retry.appendleft((start, items))
             if job not in self._pending:
                 self._pending.appendleft(job)
+
+    def _unknown_ref(self, job: Job, start: int, items: Any, ref_id: int) -> None:
+        """Items that name an ObjectRef this pool never made (another pool's put): they fail,
+        the call goes on."""
+        err = ValueError(
+            f"items {start}..{start + len(items) - 1} hold nbpool.ObjectRef {ref_id}, which this "
+            "pool's put() did not make: pass a reference only to the pool that made it"
+        )
+        failures: dict[int, BaseException] = dict.fromkeys(range(start, start + len(items)), err)
+        job.deliver(start, [None] * len(items), failures)
+        self._maybe_finish(job)
 
     def _split_unpicklable(self, job: Job, start: int, items: Any) -> None:
         if len(items) > 1:

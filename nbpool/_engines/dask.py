@@ -59,6 +59,9 @@ _CLIENTS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 # Dask worker address -> how many of its threads nbpool's live slots hold (all pools)
 _PLACED: dict[str, int] = {}
+# Dask worker address -> resource name -> how much of it nbpool's live slots hold
+# (``resources=``; Dask holds an actor's resources only while the actor is being created)
+_RES_HELD: dict[str, dict[str, float]] = {}
 # scheduler address -> slots created but not placed yet (a slot is placed by its bridge thread,
 # after Pool() returned): counted as taken, so a pool created right after another cannot be
 # promised the same threads
@@ -110,38 +113,68 @@ def connect(address: Any) -> tuple[Any, str]:
     return client, address
 
 
-def _threads(client: Any) -> dict[str, int]:
-    """Dask worker address -> its threads, as the scheduler knows them now."""
+def _workers(client: Any) -> dict[str, tuple[int, dict[str, float]]]:
+    """Dask worker address -> (its threads, its resources), as the scheduler knows them now."""
     try:
         info = client.scheduler_info(n_workers=-1)  # (newer versions list 5 workers by default)
     except TypeError:
         info = client.scheduler_info()
-    workers = info["workers"]
-    return {addr: int(info.get("nthreads", 1)) for addr, info in workers.items()}
+    return {
+        addr: (int(w.get("nthreads", 1)), dict(w.get("resources") or {}))
+        for addr, w in info["workers"].items()
+    }
 
 
-def check_processes(client: Any, processes: int | None, address: str) -> int:
-    """The number of workers: the cluster's free worker threads by default (one slot each).
-    More than it has now is refused: a slot would wait for a thread for ever."""
-    threads = _threads(client)
-    total = sum(threads.values())
+def _room(addr: str, threads: int, has: dict[str, float], need: dict[str, float]) -> int:
+    """How many more slots a Dask worker takes: a free thread each, and ``need`` of its
+    resources each (under ``_LOCK``)."""
+    room = threads - _PLACED.get(addr, 0)
+    held = _RES_HELD.get(addr, {})
+    for name, amount in need.items():
+        room = min(room, int((has.get(name, 0) - held.get(name, 0)) // amount))
+    return max(0, room)
+
+
+def _fit(threads: int, has: dict[str, float], need: dict[str, float]) -> int:
+    """How many slots a Dask worker holds when no pool uses it."""
+    return min([threads, *(int(has.get(name, 0) // amount) for name, amount in need.items())])
+
+
+def check_processes(
+    client: Any, processes: int | None, address: str, resources: dict[str, float] | None = None
+) -> int:
+    """The number of workers: as many as the cluster's free worker threads (and resources,
+    with ``resources=``) allow, by default. More than it has now is refused: a slot would wait
+    for a thread for ever."""
+    need = dict(resources or {})
+    workers = _workers(client)
+    total = sum(n for n, _ in workers.values())
+    for name in need:
+        if not any(has.get(name, 0) > 0 for _, has in workers.values()):
+            raise ValueError(
+                f"resources={resources!r}: no worker of the Dask cluster at {address} has a "
+                f"{name!r} resource; start workers with it (dask worker ... --resources "
+                f"'{name}=1') or leave it out"
+            )
     with _LOCK:
-        free = sum(max(0, n - _PLACED.get(a, 0)) for a, n in threads.items())
+        free = sum(_room(a, n, has, need) for a, (n, has) in workers.items())
         free = max(0, free - _UNPLACED.get(address, 0))
+        fit = sum(_fit(n, has, need) for n, has in workers.values())
+    what = f"worker threads with {need}" if need else "worker threads"
     if processes is None:
         if free < 1:
             raise ValueError(
-                f"the Dask cluster at {address} has {total} worker threads and none is free: "
-                "each nbpool worker takes one"
+                f"the Dask cluster at {address} has room for {fit} nbpool workers ({what}) "
+                "and none is free: each nbpool worker takes one thread"
             )
         return free
     if processes > free:
         use = f"Use processes={free} or fewer" if free else "Close another pool on it"
         raise ValueError(
             f"processes={processes}, but the Dask cluster at {address} has {total} worker "
-            f"threads ({len(threads)} workers), {free or 'none'} of them free (each nbpool "
-            f"worker takes one, and other pools hold the rest). {use}, or add workers to the "
-            "cluster."
+            f"threads ({len(workers)} workers) and room for {fit} nbpool workers ({what}), "
+            f"{free or 'none'} of them free (each nbpool worker takes one thread, and other "
+            f"pools hold the rest). {use}, or add workers to the cluster."
         )
     return processes
 
@@ -198,8 +231,11 @@ class DaskWorker(BridgedWorker):
 
     engine = "Dask"
 
-    def __init__(self, wid: int, client: Any, address: str) -> None:
+    def __init__(
+        self, wid: int, client: Any, address: str, resources: dict[str, float] | None = None
+    ) -> None:
         self._client = client
+        self._need = dict(resources or {})
         self._loop = client.loop.asyncio_loop
         self._future: Any = None
         self.actor: Any = None
@@ -240,17 +276,23 @@ class DaskWorker(BridgedWorker):
     def _place(self) -> None:
         deadline = time.monotonic() + PLACE_WAIT_S
         while True:
-            threads = _threads(self._client)
+            workers = _workers(self._client)
             with _LOCK:
-                free = {a: n - _PLACED.get(a, 0) for a, n in threads.items()}
+                free = {a: _room(a, n, has, self._need) for a, (n, has) in workers.items()}
                 best = max(free, key=lambda a: free[a], default=None)
                 if best is not None and free[best] > 0:
                     _PLACED[best] = _PLACED.get(best, 0) + 1
+                    held = _RES_HELD.setdefault(best, {})
+                    for name, amount in self._need.items():
+                        held[name] = held.get(name, 0) + amount
                     self._worker_address = best
                     self._placed()
                     break
             if time.monotonic() > deadline or self._stopped:
-                raise RuntimeError(f"no free Dask worker thread within {PLACE_WAIT_S:.0f} s")
+                raise RuntimeError(
+                    f"no free Dask worker thread{' with ' + str(self._need) if self._need else ''}"
+                    f" within {PLACE_WAIT_S:.0f} s"
+                )
             time.sleep(0.1)
         self._future = self._client.submit(
             _DaskHost,
@@ -309,8 +351,12 @@ class DaskWorker(BridgedWorker):
 
     def _release(self) -> None:
         with _LOCK:
-            if self._worker_address:
-                _PLACED[self._worker_address] = max(0, _PLACED.get(self._worker_address, 1) - 1)
+            addr = self._worker_address
+            if addr:
+                _PLACED[addr] = max(0, _PLACED.get(addr, 1) - 1)
+                held = _RES_HELD.get(addr, {})
+                for name, amount in self._need.items():
+                    held[name] = max(0.0, held.get(name, 0) - amount)
                 self._worker_address = ""
         future, self._future = self._future, None
         self.actor = None

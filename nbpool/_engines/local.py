@@ -55,7 +55,7 @@ def _shared_slot() -> tuple[int, mmap.mmap]:
 class Worker(WorkerHandle):
     """A local worker process."""
 
-    def __init__(self, wid: int, lifeline: int) -> None:
+    def __init__(self, wid: int, lifeline: int, start_method: str = "spawn") -> None:
         super().__init__(wid)
         ch, child_end = channel_pair()
         slot_fd, self._slot_map = _shared_slot()
@@ -64,6 +64,9 @@ class Worker(WorkerHandle):
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         child_fds = (child_end, slot_fd, lifeline)
+        if start_method == "forkserver":
+            self._fork(ch, child_fds, out_r, out_w, err_r, err_w)
+            return
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT.format(path=_NBPOOL_PARENT), *map(str, child_fds)],
@@ -92,6 +95,32 @@ class Worker(WorkerHandle):
         if hasattr(os, "pidfd_open"):
             with contextlib.suppress(OSError):
                 self.pidfd = os.pidfd_open(self.pid)
+
+    def _fork(
+        self, ch: Any, child_fds: tuple[int, ...], out_r: int, out_w: int, err_r: int, err_w: int
+    ) -> None:
+        """Have the process's fork server (``_engines.forkserver``) fork this worker. Its
+        status pipe stands in for the pidfd: readable once the worker has exited."""
+        from .forkserver import ForkedProcess, ForkServer
+
+        status_r, status_w = os.pipe()
+        try:
+            server = ForkServer.get()
+            pid = server.fork((*child_fds, out_w, err_w, status_w))
+        except BaseException:
+            for fd in (out_r, err_r, status_r):
+                os.close(fd)
+            ch.close()
+            raise
+        finally:
+            for fd in (child_fds[0], child_fds[1], out_w, err_w, status_w):
+                os.close(fd)
+        self.proc = ForkedProcess(server, pid, status_r)  # type: ignore[assignment]
+        self.pid = pid
+        self._reap_lock = threading.Lock()
+        self.ch = ch
+        self.out_fds = {out_r: "stdout", err_r: "stderr"}
+        self.pidfd = os.dup(status_r)
 
     def _stop(self) -> None:
         """SIGKILL the worker, its process group and its descendants (see ``_engines.proctree``)."""

@@ -122,7 +122,9 @@ def main() -> None:
         exit_with_tree(0)
     assert isinstance(hello, Hello)
     runner = Runner(slot, ch.send)
-    reply = runner.hello(hello, buffers, os.getpid(), os.getppid(), lifeline)
+    # (a forkserver's worker is told who the caller is: its parent is the server)
+    caller = int(sys.argv[4]) if len(sys.argv) > 4 else os.getppid()
+    reply = runner.hello(hello, buffers, os.getpid(), caller, lifeline)
     ch.send(reply)
     if isinstance(reply, InitFailed):
         os._exit(3)

@@ -40,6 +40,11 @@ __all__ = ["RayWorker", "check_processes", "connect"]
 
 INSTALL_HINT = "pip install 'nbpool[ray]'"
 CONNECT_TIMEOUT_S = 5.0  # a TCP check of the head's port before Ray retries it for minutes
+# GCS address -> resource -> what nbpool's live actors hold. Ray's own view of free resources
+# lags a moment behind a new actor: without this, a pool made right after another could be
+# promised the same CPUs (its actors would then wait for ever).
+_HELD: dict[str, dict[str, float]] = {}
+_HELD_LOCK = threading.Lock()
 RESOURCE_WAIT_S = 3.0  # how long Pool() waits for CPUs a pool just stopped to come back
 
 
@@ -129,31 +134,80 @@ def _mismatch(address: str | None, text: str) -> str:
     )
 
 
-def check_processes(ray: Any, processes: int | None, address: str | None) -> int:
-    """The number of workers: the cluster's free CPUs by default (each actor takes one). More
-    than it can place now is refused: Ray would wait for resources for ever."""
-    total = int(ray.cluster_resources().get("CPU", 0))
-    free = int(ray.available_resources().get("CPU", 0))
+def check_processes(
+    ray: Any, processes: int | None, address: str | None, resources: dict[str, float] | None = None
+) -> int:
+    """The number of workers: as many as the cluster's free resources allow (each actor takes
+    one CPU, or what ``resources`` asks) by default. More than it can place now is refused:
+    Ray would wait for resources for ever."""
+    need = _needs(resources)
+    where = f"the Ray cluster at {address}" if address else "the Ray cluster"
+    totals = ray.cluster_resources()
+    for name in need:
+        if totals.get(name, 0) <= 0:
+            have = ", ".join(sorted(k for k in totals if "node:" not in k)) or "none"
+            raise ValueError(
+                f"resources={resources!r}: {where} has no {name!r} resource (it has {have}); "
+                f"start its nodes with it (ray start --resources='{{\"{name}\": 1}}', or "
+                "--num-gpus for GPU) or leave it out"
+            )
+
+    def fits(free: dict[str, float]) -> int:
+        return min(int(free.get(name, 0) // amount) for name, amount in need.items())
+
+    def available() -> dict[str, float]:
+        with _HELD_LOCK:
+            held = dict(_HELD.get(_gcs_address(ray), {}))
+        view = ray.available_resources()
+        return {n: min(view.get(n, 0), totals.get(n, 0) - held.get(n, 0)) for n in need}
+
+    total = fits(totals)
     wanted = min(total, processes or 1)
     deadline = time.monotonic() + RESOURCE_WAIT_S
+    free = fits(available())
     while free < wanted and time.monotonic() < deadline:  # a pool that just ended frees its
         time.sleep(0.05)  # CPUs a moment after (Ray's own bookkeeping)
-        free = int(ray.available_resources().get("CPU", 0))
-    where = f"the Ray cluster at {address}" if address else "the Ray cluster"
+        free = fits(available())
+    each = _describe_need(need)
+    cpus = f"{totals.get('CPU', 0):g} CPUs"
     if processes is None:
         if free < 1:
             raise ValueError(
-                f"{where} has {total} CPUs and none is free: each nbpool worker needs one"
+                f"{where} has {cpus}, room for {total} workers ({each} each), and none is "
+                "free now: close another pool on it, or add nodes"
             )
         return free
     if processes > free:
         use = f"Use processes={free} or fewer" if free else "Close another pool on it"
         raise ValueError(
-            f"processes={processes}, but {where} has {total} CPUs, {free or 'none'} of them "
-            f"free (each worker is an actor that takes one CPU). {use}, or add nodes to the "
-            "cluster."
+            f"processes={processes}, but {where} has {cpus}, room for {total} workers ({each} "
+            f"each), {free or 'none'} of them free now (each worker is an actor that holds them). "
+            f"{use}, or add nodes to the cluster."
         )
     return processes
+
+
+def _needs(resources: dict[str, float] | None) -> dict[str, float]:
+    """What one worker's actor takes: one CPU unless ``resources`` says otherwise."""
+    need = {"CPU": 1.0}
+    need.update(resources or {})
+    return {name: amount for name, amount in need.items() if amount > 0}
+
+
+def _describe_need(need: dict[str, float]) -> str:
+    return ", ".join(f"{amount:g} {name}" for name, amount in need.items())
+
+
+def _actor_options(resources: dict[str, float] | None) -> dict[str, Any]:
+    need = dict(resources or {})
+    options: dict[str, Any] = {"num_cpus": need.pop("CPU", 1), "max_restarts": 0}
+    if "GPU" in need:
+        options["num_gpus"] = need.pop("GPU")
+    if "memory" in need:
+        options["memory"] = need.pop("memory")
+    if need:
+        options["resources"] = need
+    return options
 
 
 # ----------------------------------------------------------------------------- the actor
@@ -268,12 +322,37 @@ class RayWorker(BridgedWorker):
 
     engine = "Ray"
 
-    def __init__(self, wid: int, ray: Any) -> None:
+    def __init__(self, wid: int, ray: Any, resources: dict[str, float] | None = None) -> None:
         self._ray = ray
-        super().__init__(wid, _gcs_address(ray))
+        self._options = _actor_options(resources)
+        self._need = _needs(resources)
+        self._gcs = _gcs_address(ray)
+        self._holding = False
+        self._hold(+1)
+        try:
+            super().__init__(wid, self._gcs)
+        except BaseException:
+            self._hold(-1)
+            raise
+
+    def _hold(self, sign: int) -> None:
+        """Count (+1) or stop counting (-1, once) what this worker's actor holds."""
+        with _HELD_LOCK:
+            if (sign > 0) == self._holding:
+                return
+            self._holding = sign > 0
+            held = _HELD.setdefault(self._gcs, {})
+            for name, amount in self._need.items():
+                held[name] = held.get(name, 0) + sign * amount
+
+    def reap(self) -> int | None:
+        try:
+            return super().reap()  # (Ray has seen the actor die when this returns)
+        finally:
+            self._hold(-1)
 
     def _start(self) -> None:
-        self.actor = _actor_class(self._ray).options(num_cpus=1, max_restarts=0).remote()
+        self.actor = _actor_class(self._ray).options(**self._options).remote()
 
     def _call(self, method: str, *args: Any) -> Any:
         return getattr(self.actor, method).remote(*args)
@@ -286,7 +365,11 @@ class RayWorker(BridgedWorker):
         return self._ray.get(ref, timeout=timeout)  # GetTimeoutError is a TimeoutError
 
     def _kill_remote(self) -> None:
-        self._ray.kill(self.actor, no_restart=True)
+        try:
+            self._ray.kill(self.actor, no_restart=True)
+        finally:
+            # (Ray's own view now says it is held until it sees the death: Pool() waits for it)
+            self._hold(-1)
 
     def _disconnect(self) -> None:
         # Ray ends a driver process that stays connected to a lost head for 60 s: that would

@@ -65,6 +65,7 @@ class Hello(Message):
     cpu_ids: tuple[int, ...] = ()  # pin the worker to these CPUs (``cpu_ids=``)
     worker_init: FnPayload | None = None  # mpire's hooks: given what a task gets before its
     worker_exit: FnPayload | None = None  # item; worker_exit runs on Shutdown (see ExitDone)
+    env: tuple[tuple[str, str], ...] = ()  # set before anything runs (gpus=: CUDA_VISIBLE_DEVICES)
 
 
 # How many distinct functions a worker keeps loaded; the caller mirrors this LRU exactly.
@@ -90,6 +91,10 @@ class RunChunk(Message):
     fn_digest: bytes
     track: int = TRACK_INDEX
     log_levels: tuple[tuple[str, int], ...] | None = None  # None: unchanged (see _worker.wlog)
+    # pool.put objects the worker lacks (see _worker.refs): (id, how many buffers of the
+    # message's are its pickle), after the items' buffers; and ids it may forget
+    refs: tuple[tuple[int, int], ...] = ()
+    drop: tuple[int, ...] = ()
 
 
 class Cancel(Message):

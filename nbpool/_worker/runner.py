@@ -140,6 +140,17 @@ def _run_items_timed(
     return results, failures, tuple((i, seconds) for seconds, i in slowest)
 
 
+def _take_refs(msg: RunChunk, buffers: list[Any]) -> None:
+    from . import refs
+
+    refs.forget(msg.drop)
+    at = len(buffers) - sum(n for _, n in msg.refs)
+    for ref_id, n in msg.refs:
+        refs.receive(ref_id, buffers[at], buffers[at + 1 : at + n])
+        at += n
+    del buffers[len(buffers) - sum(n for _, n in msg.refs) :]
+
+
 def _pack_results(results: list, failures: list[ItemFailure], start: int) -> tuple[Any, list]:
     try:
         data, buffers = dumps_data(results, to_caller=True)
@@ -230,6 +241,10 @@ class Runner:
                 [own_path] if own_path not in hello.sys_path else []
             )
         n = hello.init_buffers
+        if hello.env:  # before the initializer or a task can initialise CUDA
+            import os
+
+            os.environ.update(hello.env)
         try:
             if hello.cpu_ids:
                 _pin(hello.cpu_ids)
@@ -278,6 +293,8 @@ class Runner:
         # send
         # them again.
         slot[0], slot[1], slot[2] = msg.job_id, msg.chunk_id, STAGE_LOADING
+        if msg.refs or msg.drop:  # also for a skipped chunk: the kernel mirrors what we hold
+            _take_refs(msg, buffers)  # (their buffers leave the list: the items' are left)
         if msg.log_levels is not None:
             apply_log_levels(msg.log_levels)
         if msg.fn is not None:

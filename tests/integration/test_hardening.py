@@ -502,9 +502,8 @@ def test_a_memory_limit_below_idle_never_becomes_a_respawn_loop(monkeypatch):
 def test_an_interrupt_while_pool_checks_the_memory_limit_leaves_no_worker():
     """Pool() waits for its first worker to check the limit: ■ there used to leave the
     workers running with no pool to stop them."""
-    import psutil
+    from conftest import _children as children  # (not the process's long-lived helpers)
 
-    me = psutil.Process()
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -512,7 +511,7 @@ def test_an_interrupt_while_pool_checks_the_memory_limit_leaves_no_worker():
             nbpool.Pool(2, initializer=f.nap, initargs=(5,), max_memory_per_worker="1GB")
     finally:
         timer.join()
-    assert wait_gone([c.pid for c in me.children()]) == []
+    assert wait_gone(sorted(children())) == []
 
 
 # ---------------------------------------------------------------- an imap iterator left early

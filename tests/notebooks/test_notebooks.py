@@ -362,3 +362,21 @@ def test_output_notebook_worker_lines_are_tagged_and_in_their_cell(output_nb):
     text = streams(output_nb, "async", "stdout")
     assert "async item 0 done" in text and "async item 1 done" in text
     assert streams(output_nb, "close", "stdout") == ""  # nothing leaked into a later cell
+
+
+@pytest.fixture(scope="module")
+def worker_features(tmp_path_factory) -> nbformat.NotebookNode:
+    return run_once(tmp_path_factory, "worker-features")
+
+
+@pytest.mark.kernel
+def test_worker_features_notebook_shows_state_shared_objects_put_and_insights(worker_features):
+    nb = worker_features
+    assert "workers used: [0, 1]" in cell_text(nb, "state")
+    assert "('cat', 40), ('dog', 20)" in cell_text(nb, "state")  # every worker's state summed
+    assert "one object per worker: True" in cell_text(nb, "shared")
+    put = cell_text(nb, "put")
+    assert "<nbpool.ObjectRef" in put and "[0, 2, 4, 6, 8]" in put and "499500" in put
+    insights = cell_text(nb, "insights")
+    assert "nbpool insights: 2 worker slots, 21 items" in insights
+    assert "slowest: 'https://example.org/slow'" in insights

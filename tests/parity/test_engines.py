@@ -15,6 +15,7 @@ import time
 
 import nbfuncs as f
 import pytest
+from conftest import on_cluster
 
 import nbpool
 from nbpool._progress import JobProgress
@@ -92,7 +93,7 @@ def test_a_task_exception_keeps_its_type_and_the_remote_traceback(engine):
         assert "_raise_boom" in cause and "raise Boom" in cause
         pid = next(p for p in pool._engine.worker_pids() if f"pid {p}" in cause)
         assert pid
-        if engine:
+        if on_cluster(engine):
             assert " on 127.0.0.1" in cause
 
 
@@ -106,7 +107,7 @@ def test_a_dead_worker_fails_only_its_item_and_the_pool_goes_on(engine, tmp_path
         err = info.value
         assert err.index == 3 and "item 3" in str(err)
         assert f"pid {err.pid}" in str(err) and err.pid in before
-        assert err.host == ("127.0.0.1" if engine else "")
+        assert err.host == ("127.0.0.1" if on_cluster(engine) else "")
         assert pool.map(f.sq, range(4)) == [0, 1, 4, 9]
         assert set(pool._engine.worker_pids()) != before  # the dead one was replaced
         # in a chunk of several items too (on Ray the items then run again one by one: which
@@ -154,7 +155,7 @@ def test_worker_output_reaches_the_caller_tagged_with_worker(engine, capfd):
     assert len(lines) == 2
     for line in lines:
         assert line.startswith("[w") and any(f"pid {p}" in line for p in pids)
-        if engine:
+        if on_cluster(engine):
             assert "on 127.0.0.1]" in line
     assert out.count("item 1 line 49 ") == 1  # once, not once more through Ray's own logs
 
@@ -171,4 +172,4 @@ def test_dashboard_rows_show_each_worker(engine):
         rows = snap["workers"]
         assert len(rows) == 2
         assert {r["pid"] for r in rows} == set(pool._engine.worker_pids())
-        assert all(r["host"] == ("127.0.0.1" if engine else "") for r in rows)
+        assert all(r["host"] == ("127.0.0.1" if on_cluster(engine) else "") for r in rows)

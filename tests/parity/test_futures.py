@@ -90,3 +90,50 @@ def test_map_reduce_folds_in_the_workers(engine):
             pool.map_reduce(f.sq, [1], 3)
         with pytest.raises(ValueError, match="bad value 3"):
             pool.map_reduce(f.fail_on, range(5), operator.add)
+
+
+def _held(wid, state, x):
+    """Each worker keeps every object it got (so that two objects never share an id)."""
+    state.setdefault("seen", []).append(x)
+    return wid, len({id(o) for o in state["seen"]}), len(x)
+
+
+def _refs_held(_x):
+    from nbpool._worker import refs
+
+    return sorted(refs._OBJECTS) + sorted(refs._PICKLES)
+
+
+def test_put_sends_an_object_once_per_worker_and_forgets_it_when_dropped(engine):
+    import gc
+
+    from proc_util import wait_until
+
+    data = list(range(200_000))
+    with nbpool.Pool(2, pass_worker_id=True, use_worker_state=True, **engine) as pool:
+        ref = pool.put(data)
+        assert isinstance(ref, nbpool.ObjectRef) and ref.nbytes > 200_000
+        got = pool.map(_held, [ref] * 12, 1) + pool.map(_held, [ref] * 4, 1)  # two calls
+        # every item of a worker got the very same object: sent and unpickled once
+        assert {(n, size) for _, n, size in got} == {(1, 200_000)}
+        assert pool.apply(lambda wid, st, d: d["k"][-1], ({"k": ref},)) == 199_999  # inside one
+        assert pool.starmap(lambda wid, st, i, d: d[i], [(5, ref)]) == [5]
+        foreign = pool.put([1, 2])
+        # dropped: the pool forgets its pickle, and each worker forgets its copy with its next
+        # chunk
+        ref_id = ref.id
+        del ref, got
+        gc.collect()
+        assert wait_until(lambda: ref_id not in pool._engine.refs)
+        for _ in range(4):
+            held = pool.map(lambda wid, st, x: _refs_held(x), range(4), 1)
+        assert all(ref_id not in h for h in held)
+        with pytest.raises(nbpool.SerializationError, match=r"put\(\) got .* cannot be pickled"):
+            pool.put(open(__file__))  # noqa: SIM115
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.put(1)
+    # (after the first pool: on a cluster it held every CPU or thread)
+    with nbpool.Pool(1, **engine) as other:
+        with pytest.raises(ValueError, match=r"this pool's put\(\) did not make"):
+            other.map(len, [foreign])
+        assert other.map(len, [[1, 2, 3]]) == [3]

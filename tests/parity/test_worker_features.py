@@ -11,6 +11,7 @@ import time
 
 import nbfuncs as f
 import pytest
+from conftest import on_cluster
 
 import nbpool
 
@@ -166,6 +167,83 @@ def test_insights_record_each_workers_times_and_the_slowest_items(engine, capsys
         pool.get_insights()
 
 
+def _visible(wid, _x):
+    import os
+
+    return wid, os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_gpus_give_each_worker_its_own_cuda_visible_devices(monkeypatch):
+    """Local engine only (a cluster places work on its own GPUs). No GPU is needed: what is
+    checked is what each worker sees, replacement workers included (worker_lifespan=2)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with nbpool.Pool(2, gpus=[0, 1, 2, 3], pass_worker_id=True, worker_lifespan=2) as pool:
+        assert set(pool.map(_visible, range(8), 1)) == {(0, "0,1"), (1, "2,3")}
+    with nbpool.Pool(2, gpus=3, pass_worker_id=True) as pool:
+        assert set(pool.map(_visible, range(4), 1)) == {(0, "0,1"), (1, "2")}
+    with nbpool.Pool(3, gpus=["GPU-aa", "GPU-bb"], pass_worker_id=True) as pool:
+        assert set(pool.map(_visible, range(9), 1)) == {(0, "GPU-aa"), (1, "GPU-bb"), (2, "GPU-aa")}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7,9")  # gpus=N takes the first N of these
+    with nbpool.Pool(2, gpus=2, pass_worker_id=True) as pool:
+        assert set(pool.map(_visible, range(4), 1)) == {(0, "5"), (1, "7")}
+    with pytest.raises(ValueError, match="makes 3 visible here"):
+        nbpool.Pool(1, gpus=4)
+    with pytest.raises(ValueError, match="gpus must be 1 or more"):
+        nbpool.Pool(1, gpus=0)
+    with pytest.raises(ValueError, match="gpus is an empty list"):
+        nbpool.Pool(1, gpus=[])
+    with pytest.raises(ValueError, match="GPU id must be 0 or more"):
+        nbpool.Pool(1, gpus=[-1])
+    with pytest.raises(TypeError, match="gpus must be a number of GPUs"):
+        nbpool.Pool(1, gpus="0,1")
+
+
+def test_gpus_are_this_machines_option(engine, monkeypatch):
+    """Taken on this machine; on a cluster (which places work on its own GPUs) refused, saying
+    so."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    if on_cluster(engine):
+        with pytest.raises(ValueError, match="gpus= hands out this machine's GPUs; on a"):
+            nbpool.Pool(1, gpus=1, **engine)
+        with pytest.raises(ValueError, match="start_method='forkserver' is for this machine"):
+            nbpool.Pool(1, start_method="forkserver", **engine)
+        return
+    with nbpool.Pool(1, gpus=1, pass_worker_id=True) as pool:
+        assert pool.map(_visible, [0]) == [(0, "0")]
+
+
+def test_resources_place_each_worker_where_the_cluster_has_them(engine):
+    """The test clusters have one "gpuish" resource, on one node (Ray: the head; Dask: the
+    first worker): a pool asking for it gets one worker, there, that holds it while it lives;
+    more workers, or a resource nobody has, are refused at once with what to do."""
+    if not on_cluster(engine):
+        with pytest.raises(ValueError, match="resources= is for a Ray or Dask cluster"):
+            nbpool.Pool(1, resources={"GPU": 1})
+        return
+    with nbpool.Pool(resources={"gpuish": 1}, **engine) as pool:
+        assert pool._processes == 1  # the default: as many as the resource allows
+        node = pool.apply(lambda: nbpool.current_worker().node)
+        assert pool.map(f.sq, range(4)) == [0, 1, 4, 9]
+        with pytest.raises(ValueError, match="none of them free"):
+            nbpool.Pool(1, resources={"gpuish": 1}, **engine)  # this pool holds it
+    if "address" in engine:  # Dask: on the worker started with it
+        from distributed import Client
+
+        with Client(engine["address"], set_as_default=False) as client:
+            info = client.scheduler_info(n_workers=-1)["workers"]
+        assert info[node]["resources"] == {"gpuish": 1}
+    with nbpool.Pool(resources={"gpuish": 1}, **engine) as pool:  # free again
+        assert pool.apply(f.sq, (3,)) == 9
+    with pytest.raises(ValueError, match=r"processes=2, but .* room for 1 .*workers"):
+        nbpool.Pool(2, resources={"gpuish": 1}, **engine)
+    with pytest.raises(ValueError, match="'GPU' resource"):
+        nbpool.Pool(1, resources={"GPU": 1}, **engine)
+    with pytest.raises(ValueError, match=r"resources\['gpuish'\] must be > 0"):
+        nbpool.Pool(1, resources={"gpuish": 0}, **engine)
+    with pytest.raises(TypeError, match="resources must be a non-empty dict"):
+        nbpool.Pool(1, resources=["GPU"], **engine)
+
+
 def _affinity(wid, _x):
     import os
 
@@ -212,6 +290,8 @@ def test_bad_values_name_the_option():
         nbpool.Pool(1, worker_exit_timeout=-1)
     with pytest.raises(TypeError, match="enable_insights must be True or False"):
         nbpool.Pool(1, enable_insights=1)
+    with pytest.raises(ValueError, match="start_method must be one of 'spawn', 'forkserver'"):
+        nbpool.Pool(1, start_method="threads")
     with pytest.raises(ValueError, match="max_tasks_active must be >= 1"):
         nbpool.Pool(1, max_tasks_active=0)
     with pytest.raises(TypeError, match="max_tasks_active must be an int"):

@@ -59,6 +59,10 @@ def test_more_workers_than_the_cluster_has_cpus_is_refused(ray_head):
     assert time.monotonic() - t0 < 10
     with nbpool.Pool(ray_address=ray_head.address) as pool:  # the default: its free CPUs
         assert pool._processes == 2
+        # At once, before Ray's own view counts its actors: nbpool counts what they hold
+        with pytest.raises(ValueError, match="none of them free now"):
+            nbpool.Pool(1, ray_address=ray_head.address)
+        assert pool.map(f.sq, [4]) == [16]
 
 
 def test_backend_ray_uses_the_connection_ray_init_made(ray_head):

@@ -18,6 +18,7 @@ EXPECTED = {
     "MapResult",
     "MemoryLimitError",
     "NbpoolError",
+    "ObjectRef",
     "Pool",
     "PoolClosedError",
     "RemoteTraceback",

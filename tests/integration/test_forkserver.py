@@ -1,0 +1,93 @@
+"""``start_method="forkserver"``: workers forked from a server that was itself spawned.
+
+The parity suite (``tests/parity``) runs on it as the ``forkserver`` engine; these are its own
+properties: what the server and its workers are, exit codes through the server, the caller's
+current directory and environment at fork time, and nothing left when the caller ends.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psutil
+import pytest
+from conftest import clean_env
+from proc_util import wait_until
+
+import nbpool
+
+
+def _who(_x):
+    import multiprocessing
+
+    return os.getpid(), os.getppid(), multiprocessing.parent_process().pid, os.getcwd()
+
+
+def test_workers_are_forked_from_a_spawned_server_never_from_the_caller(tmp_path, monkeypatch):
+    with nbpool.Pool(2, start_method="forkserver") as pool:
+        pid, ppid, parent, cwd = pool.apply(_who, (0,))
+    server = psutil.Process(ppid)
+    # the server is a fresh interpreter the caller started (fork + exec), not a fork of it
+    assert server.ppid() == os.getpid()
+    assert "nbpool._engines.forkserver" in " ".join(server.cmdline())
+    assert pid != os.getpid() and parent == os.getpid()  # the worker's parent_process(): us
+    assert cwd == os.getcwd()
+    # a later pool reuses the server, and its workers see the caller's cwd and environment
+    # as they are now
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NBPOOL_TEST_VAR", "set after the server started")
+    with nbpool.Pool(1, start_method="forkserver") as pool:
+        _, ppid2, _, cwd2 = pool.apply(_who, (0,))
+        env = pool.apply(os.environ.get, ("NBPOOL_TEST_VAR",))
+    assert ppid2 == ppid and cwd2 == str(tmp_path) and env == "set after the server started"
+
+
+def test_exit_codes_come_back_through_the_server():
+    with nbpool.Pool(1, start_method="forkserver") as pool:
+        with pytest.raises(nbpool.WorkerLostError, match="exited with code 7"):
+            pool.apply(os._exit, (7,))
+        with pytest.raises(nbpool.WorkerLostError, match="killed by SIGKILL") as info:
+            pool.apply(_kill_self)
+        assert info.value.exitcode == -9
+        assert pool.map(abs, [-1, -2]) == [1, 2]  # replaced, and on it goes
+
+
+def _kill_self():
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+SCRIPT = """
+import nbpool, os, psutil
+pool = nbpool.Pool(2, start_method="forkserver")
+pids = pool._engine.worker_pids()
+server = psutil.Process(pids[0]).ppid()
+print(server, *pids, flush=True)
+os._exit(0)  # no close, no terminate, no atexit: as a killed kernel
+"""
+
+
+def test_the_server_and_its_workers_end_with_the_caller():
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=clean_env(), capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 3
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert wait_until(lambda: all(gone(p) for p in pids), timeout=10)
+
+
+def test_start_method_values_are_checked():
+    with pytest.raises(ValueError, match="start_method must be one of 'spawn', 'forkserver'"):
+        nbpool.Pool(1, start_method="fork")
