@@ -71,7 +71,8 @@ CALLBACK_WAIT_S = 1.0
 _SERIALIZERS = ("cloudpickle", "dill")
 # "spawn": a fresh interpreter per worker (subprocess); "forkserver": forked from a server that
 # was itself spawned, with nbpool, cloudpickle and dill imported (_engines.forkserver)
-_START_METHODS = ("spawn", "forkserver")
+# "threading": threads of the caller, nothing pickled (_engines.threads)
+_START_METHODS = ("spawn", "forkserver", "threading")
 _job_ids = itertools.count(1)
 _DROPPED = KeyboardInterrupt("the iterator was dropped before its end: its job was cancelled")
 
@@ -211,6 +212,41 @@ def _gpu_slices(gpus: Any, processes: int) -> list[tuple[tuple[str, str], ...]] 
     return [(("CUDA_VISIBLE_DEVICES", ",".join(g)),) for g in groups]
 
 
+def _store_shared(shared_objects: Any, ray: Any) -> Any:
+    """The shared objects in Ray's object store, put once (see ``_engines.ray.Stored``); the
+    same picklability check as elsewhere first, in the caller."""
+    from ._engines import ray as _ray
+
+    _dump_shared(shared_objects, False)
+    return (b"", [], _ray.Stored(ray, shared_objects))
+
+
+def _in_process_fn(fn: Any, role: str = "function") -> Any:
+    from ._worker.functions import in_process_fn
+
+    return in_process_fn(fn, role)
+
+
+def _in_process(obj: Any) -> Any:
+    from ._worker.serialize import InProcess
+
+    return InProcess(obj)
+
+
+def _to_shm(buffers: list[Any], local: bool) -> tuple[list[Any], Any]:
+    """``buffers`` with the large ones moved to shared memory (``_shm``) when the workers run
+    on this machine; and their segments (None when none moved)."""
+    from . import _shm
+
+    if (
+        not local
+        or not _shm.available()
+        or not any(memoryview(b).nbytes >= _shm.SHM_MIN for b in buffers)
+    ):
+        return list(buffers), None
+    return _shm.share(buffers)
+
+
 def _check_resources(resources: Any, backend: str) -> dict[str, float] | None:
     """``resources=``: what each worker holds on a cluster (Ray: its actor's resources, Dask:
     resources its Dask worker was started with), as ``{name: amount}``."""
@@ -237,14 +273,16 @@ def _check_resources(resources: Any, backend: str) -> dict[str, float] | None:
     return out
 
 
-def _dump_shared(shared_objects: Any) -> Any:
-    """Pickled once for all workers (large buffers out of band); an unpicklable one fails
-    here, in the caller, naming what it is."""
+def _dump_shared(shared_objects: Any, local: bool) -> Any:
+    """Pickled once for all workers (large buffers out of band: on this machine, in shared
+    memory, see ``_shm``); an unpicklable one fails here, in the caller, naming what it is.
+    Returns (pickle, buffers, segments or None)."""
     from ._errors import SerializationError
     from ._worker.serialize import dumps_data
 
     try:
-        return dumps_data(shared_objects)
+        data, oob = dumps_data(shared_objects)
+        return (data, *_to_shm(oob, local))
     except Exception as exc:
         raise SerializationError(
             f"shared_objects cannot be pickled ({type(exc).__name__}: {exc}): pass data the "
@@ -367,10 +405,12 @@ class Pool:
                 f"{self.backend.capitalize()} cluster leave it out"
             )
         new_worker: Callable[[int], WorkerHandle] | None = None
+        ray: Any = None
+        self._ray: Any = None  # the ray module, for put() (Ray's object store)
         if self.backend == "ray":
             from ._engines import ray as _ray
 
-            ray = _ray.connect(self.address)
+            ray = self._ray = _ray.connect(self.address)
             processes = _ray.check_processes(ray, processes, self.address, need)
             new_worker = functools.partial(_ray.RayWorker, ray=ray, resources=need)
         elif self.backend == "dask":
@@ -441,6 +481,19 @@ class Pool:
             )
         self._processes = processes
         self._serializer = serializer
+        self._threads = threads = start_method == "threading"
+        if threads:
+            for name, value in (
+                ("max_memory_per_worker", max_memory),
+                ("cpu_ids", pins),
+                ("gpus", slot_env),
+            ):
+                if value is not None:
+                    raise ValueError(
+                        f"{name}= needs worker processes; start_method='threading' runs the "
+                        "workers as threads of this process: leave one of them out"
+                    )
+        pack_fn = _in_process_fn if threads else functools.partial(dumps_fn, serializer=serializer)
         init_payload = None
         if initializer is not None:
             # Without an initializer the stdlib never looks at initargs; neither do we.
@@ -450,15 +503,20 @@ class Pool:
                 raise TypeError(
                     f"initargs must be an iterable of arguments for initializer, not {initargs!r}"
                 ) from None
-            init_payload = dumps_fn(initializer, serializer, role="initializer")
-            check_initargs_pickle(initargs)
+            init_payload = pack_fn(initializer, role="initializer")
+            if not threads:
+                check_initargs_pickle(initargs)
         else:
             initargs = ()
         init_output = capture_target()  # the initializer's output goes to this cell
         lifeline = os.pipe()
         started: list[Worker] = []
         try:
-            if new_worker is None:
+            if threads:
+                from ._engines.threads import ThreadWorker
+
+                new_worker = ThreadWorker
+            elif new_worker is None:
                 started.extend(Worker(i, lifeline[0], start_method) for i in range(processes))
                 new_worker = functools.partial(
                     Worker, lifeline=lifeline[0], start_method=start_method
@@ -478,11 +536,20 @@ class Pool:
                 cpu_pins=pins,
                 slot_env=slot_env,
                 hooks=(
-                    dumps_fn(worker_init, serializer, role="worker_init") if worker_init else None,
-                    dumps_fn(worker_exit, serializer, role="worker_exit") if worker_exit else None,
+                    pack_fn(worker_init, role="worker_init") if worker_init else None,
+                    pack_fn(worker_exit, role="worker_exit") if worker_exit else None,
                 ),
                 hook_timeouts=hook_timeouts,
-                shared=_dump_shared(shared_objects) if "shared" in worker_args else None,
+                shared=(
+                    None
+                    if "shared" not in worker_args
+                    else (_in_process(shared_objects), [], None)
+                    if threads
+                    else _store_shared(shared_objects, ray)
+                    if self.backend == "ray"
+                    else _dump_shared(shared_objects, self.backend == "local")
+                ),
+                in_process=threads,
                 max_active=max_tasks_active,
                 insights=enable_insights,
             )
@@ -659,6 +726,8 @@ class Pool:
             pool.starmap(score, [(row, table) for row in rows])
         """
         self._check_running()
+        if self._threads:  # threads share this process's memory: the object is its reference
+            return obj
         from ._errors import SerializationError
         from ._worker.refs import ObjectRef
         from ._worker.serialize import dumps_data, short_repr
@@ -673,7 +742,12 @@ class Pool:
         ref = ObjectRef(len(data) + sum(memoryview(b).nbytes for b in oob))
         engine = self._engine
         assert engine is not None
-        engine.refs[ref.id] = (data, list(oob))
+        if self.backend == "ray":  # once in Ray's object store (see _engines.ray.Stored)
+            from ._engines import ray as _ray
+
+            engine.refs[ref.id] = (b"", [], _ray.Stored(self._ray, obj, ref.id))
+        else:
+            engine.refs[ref.id] = (data, *_to_shm(oob, self.backend == "local"))
         weakref.finalize(ref, engine.drop_ref, ref.id)
         return ref
 
@@ -774,7 +848,9 @@ class Pool:
         if not callable(fn):
             raise TypeError(f"func must be callable, not {type(fn).__name__}")
         mode = self._progress if progress is None else check_progress(progress)
-        payload = dumps_fn(fn, self._serializer)  # pre-flight: fails here, in the caller
+        # pre-flight: an unpicklable function fails here, in the caller (threads of this
+        # process get the function itself)
+        payload = _in_process_fn(fn) if self._threads else dumps_fn(fn, self._serializer)
         job = Job(next(_job_ids), payload, kind, source, sink, chunksize)
         job.retries, job.task_timeout = self._retries, self._task_timeout
         job.output = capture_target()  # the caller's streams and cell, now (see _driver.output)

@@ -60,13 +60,15 @@ from .._engines.local import Worker as LocalWorker
 from .._errors import PoolClosedError
 from .._events import EventThread
 from .._jobs import Job
+from .._shm import Segments
+from .._shm import describe as describe_shm
 from .._worker.functions import FnPayload
 from .._worker.message import Message
 from .._worker.protocol import (
     Hello,
     Shutdown,
 )
-from .._worker.serialize import dumps_data
+from .._worker.serialize import InProcess, dumps_data
 from .faults import MEMORY_CHECK_S, FaultsMixin
 from .handle import WorkerHandle as Worker
 from .inbox import InboxMixin
@@ -134,13 +136,14 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         started: Sequence[Worker] = (),
         new_worker: Callable[[int], Worker] | None = None,
         worker_args: tuple[str, ...] = (),
-        shared: tuple[Any, list[Any]] | None = None,
+        shared: tuple[Any, list[Any], Any] | None = None,
         cpu_pins: list[tuple[int, ...]] | None = None,
         slot_env: list[tuple[tuple[str, str], ...]] | None = None,
         hooks: tuple[FnPayload | None, FnPayload | None] = (None, None),
         hook_timeouts: tuple[float | None, float | None] = (None, None),
         max_active: int | None = None,
         insights: bool = False,
+        in_process: bool = False,
     ) -> None:
         self.nworkers = processes
         self._max_active = max_active  # max_tasks_active: items in flight, all jobs together
@@ -148,7 +151,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         self.insights = Insights(processes) if insights else None
         # pool.put objects: id -> (pickle, out-of-band buffers) (see _worker.refs). Written by
         # Pool.put in the caller's thread (a dict store), read and emptied here.
-        self.refs: dict[int, tuple[bytes, list[Any]]] = {}
+        self.refs: dict[int, tuple[bytes, list[Any], Any]] = {}  # (+ _shm segments or None)
         self._worker_init, self._worker_exit = hooks  # mpire's worker_init / worker_exit
         self._init_timeout, self._exit_timeout = hook_timeouts
         self.exit_results: list[Any] = []  # what worker_exit hooks returned (Pool.get_exit_results)
@@ -156,12 +159,17 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         self._cpu_pins = cpu_pins  # slot -> the CPU ids its worker is pinned to
         self._slot_env = slot_env  # slot -> environment variables of its workers (gpus=)
         self._worker_args = worker_args  # see _worker.protocol.Hello
-        self._shared = shared  # the shared objects, pickled once for every worker
+        # the shared objects, pickled once for every worker: (pickle, buffers, the _shm
+        # segments of the large ones or None)
+        self._shared = shared
         # How a worker for a slot is started: a local process unless an engine says otherwise
         # (``_engines.ray``: an actor behind a bridge thread). Everything else here is the same.
         self._new_worker = new_worker or (lambda slot: LocalWorker(slot, self._lifeline_r))
         self._initializer = initializer
-        self._initargs = dumps_data(tuple(initargs)) if initializer is not None else None
+        self._initargs: tuple[Any, list[Any]] | None = None
+        if initializer is not None:  # (threads of this process: handed over as they are)
+            args = tuple(initargs)
+            self._initargs = (InProcess(args), []) if in_process else dumps_data(args)
         self._maxtasks = maxtasksperchild
         self._max_memory = max_memory
         self.router = Router()  # worker output to its targets (_driver.output)
@@ -346,7 +354,9 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
                 self._terminating = True
 
     def _drop_ref(self, ref_id: int) -> None:
-        self.refs.pop(ref_id, None)
+        entry = self.refs.pop(ref_id, None)
+        if entry is not None and entry[2] is not None:
+            entry[2].close()  # (a worker that got it has mapped it: see nbpool._shm)
         for w in self._all:  # the workers that hold it forget it with their next chunk
             if ref_id in w.refs:
                 w.refs.discard(ref_id)
@@ -382,7 +392,14 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             buffers = [data, *oob]
             w.globals = {(m, name): got for m, name, got, _ in self._initializer.globals}
         n_init = len(buffers)
+        shm: tuple[tuple[int, int, int, str], ...] = ()
+        stored = 0
         if self._shared is not None:
+            store = self._shared[2]
+            if isinstance(store, Segments):  # large buffers in shared memory (nbpool._shm)
+                shm = describe_shm(store, offset=len(buffers) + 1)
+            elif store is not None:  # in a cluster's object store (_engines.ray.Stored)
+                stored = store.key
             buffers += [self._shared[0], *self._shared[1]]
         w.log_levels = caller_log_levels()  # (this thread reads the caller's logging config)
         hello = Hello(
@@ -396,6 +413,8 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             worker_init=self._worker_init,
             worker_exit=self._worker_exit,
             env=self._slot_env[slot] if self._slot_env else (),
+            shm=shm,
+            stored_shared=stored,
         )
         if self._worker_init is not None:  # its globals are applied in the worker too
             w.globals.update({(m, name): got for m, name, got, _ in self._worker_init.globals})
@@ -484,7 +503,11 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         # Each step on its own: a failure in one (a bug, a worker in a strange state) must not
         # skip the rest, above all closing the wake pipe that later calls check (see _post).
         _LIVE.discard(self)
-        self.refs.clear()  # an ObjectRef the caller keeps must not keep its pickle alive
+        # an ObjectRef the caller keeps must not keep its pickle (or shared memory) alive
+        for ref_id in list(self.refs):
+            self._drop_ref(ref_id)
+        if self._shared is not None and self._shared[2] is not None:
+            self._shared[2].close()
         err = PoolClosedError("the pool was terminated before this result was ready")
         jobs = list(self._jobs.values())
         steps: list[Callable[[], object]] = []

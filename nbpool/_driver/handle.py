@@ -29,6 +29,7 @@ class WorkerHandle:
     the worker is on (``slot``), and ``kill``/``reap``."""
 
     pid = 0
+    in_process = False  # a thread of the caller (_engines.threads): items are not pickled
     host = ""  # "" for this machine
     node = ""  # a cluster node's id ("" for this machine)
     pidfd: int | None = None

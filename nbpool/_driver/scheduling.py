@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from .._errors import add_note
 from .._jobs import Chunk, Job
+from .._shm import Segments
+from .._shm import describe as describe_shm
 from .._worker.functions import FnPayload
 from .._worker.protocol import (
     FN_CACHE_SIZE,
@@ -19,7 +21,7 @@ from .._worker.protocol import (
     RunChunk,
 )
 from .._worker.refs import used
-from .._worker.serialize import dumps_data, short_repr
+from .._worker.serialize import InProcess, dumps_data, short_repr
 from .handle import WorkerHandle as Worker
 from .state import EngineState
 
@@ -98,26 +100,42 @@ class SchedulingMixin(EngineState):
             self._maybe_finish(job)
             return
         try:
-            with used() as ref_ids:  # pool.put objects among the items
-                data, oob = dumps_data(items)
+            data: Any
+            oob: list[Any]
+            if w.in_process:  # a thread of this process (_engines.threads): no pickling
+                data, oob, ref_ids = InProcess(items), [], []
+            else:
+                with used() as ref_ids:  # pool.put objects among the items
+                    data, oob = dumps_data(items)
         except Exception:
             self._split_unpicklable(job, start, items)
             return
         ref_buffers: list[Any] = []
         refs: tuple[tuple[int, int], ...] = ()
+        shm: tuple[tuple[int, int, int, str], ...] = ()
         if ref_ids:
             unknown = [r for r in ref_ids if r not in self.refs]
             if unknown:
                 self._unknown_ref(job, start, items, unknown[0])
                 return
             new = [r for r in dict.fromkeys(ref_ids) if r not in w.refs]
+            sent = []
             for r in new:
-                pickled, pickled_oob = self.refs[r]
+                pickled, pickled_oob, store = self.refs[r]
+                if store is not None and not isinstance(store, Segments):
+                    # in a cluster's object store: the bridge passes it (_engines.ray.Stored)
+                    ref_buffers.append(b"")
+                    sent.append((r, -1))
+                    continue
+                if store is not None:  # its large buffers: in shared memory (nbpool._shm)
+                    at = 1 + len(oob) + len(ref_buffers) + 1
+                    shm += describe_shm(store, offset=at)
                 ref_buffers += [pickled, *pickled_oob]
-            refs = tuple((r, 1 + len(self.refs[r][1])) for r in new)
+                sent.append((r, 1 + len(pickled_oob)))
+            refs = tuple(sent)
             w.refs.update(new)
         drop, w.refs_dropped = tuple(w.refs_dropped), []
-        job.last_bytes = len(data) + sum(memoryview(b).nbytes for b in oob)
+        job.last_bytes = 0 if w.in_process else len(data) + sum(memoryview(b).nbytes for b in oob)
         if job.task_timeout is not None:
             track = TRACK_TIME
             self._timers.call_later(job.task_timeout, lambda: self._check_timeout(w))
@@ -146,6 +164,7 @@ class SchedulingMixin(EngineState):
             levels,
             refs,
             drop,
+            shm,
         )
         w.inflight[(job.id, chunk.chunk_id)] = chunk
         job.inflight += 1

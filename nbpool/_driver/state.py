@@ -41,7 +41,7 @@ class EngineState:
     _max_memory: int | None
     _max_active: int | None
     insights: Insights | None
-    refs: dict[int, tuple[bytes, list[Any]]]
+    refs: dict[int, tuple[bytes, list[Any], Any]]
     router: Router
     first_ready: threading.Event
     first_ready_pid: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import _thread
+
 from .message import Message
 
 TYPE_CHECKING = False  # see nbpool/__init__.py
@@ -30,10 +32,14 @@ class WorkerInfo(Message):
 
 
 _current: list[Any] = [None]
+_this_thread = _thread._local()  # a threading-engine worker's own (its process is the caller's)
 
 
-def set_current(info: WorkerInfo) -> None:
-    _current[0] = info
+def set_current(info: WorkerInfo, thread: bool = False) -> None:
+    if thread:
+        _this_thread.info = info
+    else:
+        _current[0] = info
 
 
 def current_worker() -> WorkerInfo | None:
@@ -45,6 +51,9 @@ def current_worker() -> WorkerInfo | None:
             pool.map(lambda x: nbpool.current_worker().id, range(4))   # e.g. [0, 1, 0, 1]
         nbpool.current_worker()                                         # None: the caller
     """
+    info = getattr(_this_thread, "info", None)
+    if info is not None:
+        return info
     info = _current[0]
     if info is not None and not info.host:  # this machine: its name, looked up once
         import socket

@@ -465,8 +465,22 @@ def _loads(serializer: str, data: Any, buffers: Any = ()) -> Any:
     return pickle.loads(data, buffers=buffers)
 
 
+def in_process_fn(fn: Any, role: str = "function") -> FnPayload:
+    """``start_method="threading"``: the function itself, not pickled (the worker is a thread
+    of the caller). A fresh digest each time: the worker keeps it only as long as the dispatcher's
+    mirror says (see ``_driver.scheduling._fn_for``)."""
+    import os
+
+    from .serialize import InProcess
+
+    shipped: Any = InProcess(fn)  # (where a pickle goes otherwise)
+    return FnPayload("inprocess", os.urandom(16), shipped, (), f"{role} {describe_fn(fn)}")
+
+
 def load_fn(payload: FnPayload) -> Any:
     """Worker side: drop globals the kernel no longer has, apply changed ones, then load."""
+    if payload.serializer == "inprocess":
+        return payload.fn.obj  # type: ignore[attr-defined]
     for module, name in payload.missing:
         if _APPLIED.pop((module, name), None) is not None:
             namespace_of(module).pop(name, None)

@@ -66,6 +66,11 @@ class Hello(Message):
     worker_init: FnPayload | None = None  # mpire's hooks: given what a task gets before its
     worker_exit: FnPayload | None = None  # item; worker_exit runs on Shutdown (see ExitDone)
     env: tuple[tuple[str, str], ...] = ()  # set before anything runs (gpus=: CUDA_VISIBLE_DEVICES)
+    # buffers in the caller's shared memory (see nbpool._shm): (index, fd, size, name)
+    shm: tuple[tuple[int, int, int, str], ...] = ()
+    # the shared objects are in Ray's object store under this key: buffers[init_buffers] is
+    # the object itself (the bridge passes its ObjectRef, Ray resolves it; _engines.ray.Stored)
+    stored_shared: int = 0
 
 
 # How many distinct functions a worker keeps loaded; the caller mirrors this LRU exactly.
@@ -92,9 +97,11 @@ class RunChunk(Message):
     track: int = TRACK_INDEX
     log_levels: tuple[tuple[str, int], ...] | None = None  # None: unchanged (see _worker.wlog)
     # pool.put objects the worker lacks (see _worker.refs): (id, how many buffers of the
-    # message's are its pickle), after the items' buffers; and ids it may forget
+    # message's are its pickle; -1: one, the object itself, from Ray's object store), after
+    # the items' buffers; and ids it may forget
     refs: tuple[tuple[int, int], ...] = ()
     drop: tuple[int, ...] = ()
+    shm: tuple[tuple[int, int, int, str], ...] = ()  # as Hello.shm (put objects' buffers)
 
 
 class Cancel(Message):

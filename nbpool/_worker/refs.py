@@ -72,6 +72,10 @@ def receive(ref_id: int, data: Any, buffers: list[Any]) -> None:
     _PICKLES[ref_id] = (data, buffers)
 
 
+def receive_object(ref_id: int, obj: Any) -> None:
+    _OBJECTS[ref_id] = obj
+
+
 def forget(ids: tuple[int, ...]) -> None:
     for ref_id in ids:
         _PICKLES.pop(ref_id, None)

@@ -63,6 +63,10 @@ def pack_exception(exc: BaseException, skip_module: str = "") -> tuple[bytes, st
     while tb is not None and tb.tb_frame.f_globals.get("__name__") == skip_module:
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
+    from .serialize import InProcess, in_process
+
+    if in_process():  # a worker thread: the exception itself, with its traceback
+        return InProcess(exc), text, ""  # type: ignore[return-value]
     try:
         return _dumps(exc), text, ""
     except Exception as why:
@@ -120,7 +124,9 @@ def rebuild_exception(
 
     exc: BaseException
     try:
-        exc = pickle.loads(data) if data else None  # type: ignore[assignment]
+        from .serialize import loads_data
+
+        exc = loads_data(data) if data else None  # type: ignore[assignment]
         if not isinstance(exc, BaseException):
             raise TypeError(f"the worker sent {type(exc).__name__}, not an exception")
     except Exception as load_error:

@@ -54,6 +54,11 @@ if TYPE_CHECKING:
 __all__ = ["Runner", "flush_std"]
 
 
+class ThreadStopped(BaseException):
+    """Raised inside a threading-engine worker that is being stopped (a timeout, an
+    interrupt, terminate): it ends the worker's thread, it is no item's failure."""
+
+
 def _failure(index: int, exc: BaseException) -> ItemFailure:
     data, text, lost = pack_exception(exc, __name__)
     try:
@@ -105,6 +110,8 @@ def _run_items(
                         append(fn(*x[0], **x[1]))
             break
         except BaseException as exc:
+            if isinstance(exc, ThreadStopped):  # a threading-engine worker being stopped
+                raise
             failures.append(_failure(start + len(results), exc))
             append(None)
     return results, failures
@@ -133,6 +140,8 @@ def _run_items_timed(
             else:
                 results.append(fn(*x[0], **x[1]))
         except BaseException as exc:
+            if isinstance(exc, ThreadStopped):
+                raise
             failures.append(_failure(i, exc))
             results.append(None)
         times.append(((now() - t0) / 1e9, i))
@@ -144,11 +153,16 @@ def _take_refs(msg: RunChunk, buffers: list[Any]) -> None:
     from . import refs
 
     refs.forget(msg.drop)
-    at = len(buffers) - sum(n for _, n in msg.refs)
+    # n buffers of its pickle each; -1: one buffer that is the object itself (Ray resolved it
+    # from its object store, see _engines.ray.Stored)
+    first = at = len(buffers) - sum(max(n, 1) for _, n in msg.refs)
     for ref_id, n in msg.refs:
-        refs.receive(ref_id, buffers[at], buffers[at + 1 : at + n])
-        at += n
-    del buffers[len(buffers) - sum(n for _, n in msg.refs) :]
+        if n < 0:
+            refs.receive_object(ref_id, buffers[at])
+        else:
+            refs.receive(ref_id, buffers[at], buffers[at + 1 : at + n])
+        at += max(n, 1)
+    del buffers[first:]
 
 
 def _pack_results(results: list, failures: list[ItemFailure], start: int) -> tuple[Any, list]:
@@ -207,8 +221,14 @@ class Runner:
     ``send_log`` ships a ``LogRecord`` from whichever thread logged it.
     """
 
-    def __init__(self, slot: Any, send_log: Callable[[LogRecord], None]) -> None:
+    def __init__(
+        self, slot: Any, send_log: Callable[[LogRecord], None], thread: bool = False
+    ) -> None:
+        # thread: a threading-engine worker (_engines.threads), in the caller's own process:
+        # nothing process-wide is touched (identity, logging, sys.path), nothing is pickled
+        self.thread = thread
         self.slot = slot
+        self.caller = 0  # the caller's pid (Hello): whose /proc fds hold shared memory
         self.wid = -1
         self.fns: OrderedDict[bytes, Any] = OrderedDict()
         self.cancelled: set[int] = set()
@@ -230,12 +250,18 @@ class Runner:
         from .current import WorkerInfo, set_current
 
         wid = self.wid = hello.worker_id
+        self.caller = parent
         host, node = host or hello.host, node or hello.node
-        set_identity(wid, parent, lifeline)
-        set_current(WorkerInfo(wid, pid, host, node))
-        install_log_hook(lambda record: self._send_log(LogRecord(wid, record)))
-        apply_log_levels(hello.log_levels)
-        if hello.sys_path:
+        if self.thread:
+            import socket
+
+            set_current(WorkerInfo(wid, pid, socket.gethostname(), node), thread=True)
+        else:
+            set_identity(wid, parent, lifeline)
+            set_current(WorkerInfo(wid, pid, host, node))
+            install_log_hook(lambda record: self._send_log(LogRecord(wid, record)))
+            apply_log_levels(hello.log_levels)
+        if hello.sys_path and not self.thread:
             own_path = sys.path[0]
             sys.path[:] = list(hello.sys_path) + (
                 [own_path] if own_path not in hello.sys_path else []
@@ -246,12 +272,18 @@ class Runner:
 
             os.environ.update(hello.env)
         try:
+            if hello.shm:  # large buffers of the shared objects: mapped, not copied
+                from .._shm import attach
+
+                attach(buffers, hello.shm, parent)
             if hello.cpu_ids:
                 _pin(hello.cpu_ids)
             if hello.worker_args:
                 # Shared objects are unpickled once, here: every item gets the same object.
                 shared = None
-                if "shared" in hello.worker_args:
+                if hello.stored_shared:  # resolved by Ray from its object store
+                    shared = buffers[n]
+                elif "shared" in hello.worker_args:
                     shared = loads_data(buffers[n], buffers[n + 1 :])
                 got: dict[str, Any] = {"id": wid, "shared": shared, "state": {}}
                 self.prefix = tuple(got[a] for a in hello.worker_args)
@@ -293,9 +325,13 @@ class Runner:
         # send
         # them again.
         slot[0], slot[1], slot[2] = msg.job_id, msg.chunk_id, STAGE_LOADING
+        if msg.shm:
+            from .._shm import attach
+
+            attach(buffers, msg.shm, self.caller)
         if msg.refs or msg.drop:  # also for a skipped chunk: the kernel mirrors what we hold
             _take_refs(msg, buffers)  # (their buffers leave the list: the items' are left)
-        if msg.log_levels is not None:
+        if msg.log_levels is not None and not self.thread:
             apply_log_levels(msg.log_levels)
         if msg.fn is not None:
             try:

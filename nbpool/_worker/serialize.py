@@ -25,6 +25,7 @@ Rules of nbpool's cloudpickle subclass (``base_pickler``), for data and function
 
 from __future__ import annotations
 
+import _thread
 import pickle
 import sys
 import types
@@ -33,7 +34,16 @@ TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker'
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["PROTOCOL", "base_pickler", "digest", "dumps_data", "loads_data", "short_repr"]
+__all__ = [
+    "PROTOCOL",
+    "InProcess",
+    "base_pickler",
+    "digest",
+    "dumps_data",
+    "in_process",
+    "loads_data",
+    "short_repr",
+]
 
 PROTOCOL = 5
 # Buffers smaller than this stay inside the pickle: a separate frame costs more than a copy.
@@ -142,6 +152,29 @@ def _base_dumps(obj: Any, buffer_callback: Any) -> bytes:
 # ----------------------------------------------------------------------------- data
 
 
+class InProcess:
+    """An object handed over as it is, never pickled: ``start_method="threading"``, where the
+    workers are threads of the caller (items, results, functions, exceptions)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+
+_here = _thread._local()  # .on: this thread is a threading-engine worker (see in_process)
+
+
+def in_process() -> bool:
+    """Whether the calling thread is a worker thread of the threading engine: what it sends
+    to the dispatcher is handed over as it is (``InProcess``), not pickled."""
+    return getattr(_here, "on", False)
+
+
+def mark_in_process() -> None:
+    _here.on = True
+
+
 def dumps_data(obj: Any, to_caller: bool = False) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle an argument list or a result list; large contiguous buffers come back separately.
 
@@ -150,6 +183,8 @@ def dumps_data(obj: Any, to_caller: bool = False) -> tuple[bytes, list[pickle.Pi
     object, and the worker only has such names because the caller shipped them, so the caller
     resolves the reference to its own class (``isinstance`` holds, whatever serializer shipped it).
     """
+    if to_caller and getattr(_here, "on", False):  # a worker thread: no copy (see InProcess)
+        return InProcess(obj), []  # type: ignore[return-value]
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_out_of_band(pb: pickle.PickleBuffer) -> bool:
@@ -172,4 +207,6 @@ def dumps_data(obj: Any, to_caller: bool = False) -> tuple[bytes, list[pickle.Pi
 
 
 def loads_data(data: bytes | bytearray | memoryview, buffers: list[Any] = ()) -> Any:  # type: ignore[assignment]
+    if type(data) is InProcess:
+        return data.obj
     return pickle.loads(data, buffers=buffers)

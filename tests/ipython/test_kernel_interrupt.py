@@ -13,6 +13,18 @@ from kernel_util import kernel, run_cell
 pytestmark = pytest.mark.kernel
 
 
+def interrupt_after(km, kc, code: str, delay: float = 1.0) -> tuple[dict, float]:
+    """Run ``code``, press ■ after ``delay`` s; the cell's reply and how long it took to come."""
+    msg_id = kc.execute(code)
+    time.sleep(delay)
+    t0 = time.monotonic()
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=10)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=10)
+    return reply, time.monotonic() - t0
+
+
 def test_interrupt_during_map_then_next_cell_runs(tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -26,14 +38,7 @@ def test_interrupt_during_map_then_next_cell_runs(tmp_path):
             "pool = nbpool.Pool(2)\nprint(*pool._engine.worker_pids())",
         )
         pids = [int(p) for p in out.split()]
-        msg_id = kc.execute("pool.map(work, range(6), 1)")
-        time.sleep(1.0)
-        t0 = time.monotonic()
-        km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=10)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = kc.get_shell_msg(timeout=10)
-        took = time.monotonic() - t0
+        reply, took = interrupt_after(km, kc, "pool.map(work, range(6), 1)")
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert took < 2.0
@@ -44,3 +49,31 @@ def test_interrupt_during_map_then_next_cell_runs(tmp_path):
     time.sleep(4)  # an abandoned item that kept running would have finished by now
     assert glob.glob(os.path.join(marks, "*")) == []
     assert not [p for p in pids if psutil.pid_exists(p)]
+
+
+def test_threading_pool_in_a_kernel_prints_in_the_cell_and_stops_on_interrupt(tmp_path):
+    """start_method="threading": a task's print shows in its cell; ■ stops running Python
+    tasks (their threads end and new ones take their slots) and the next cell runs."""
+    with kernel(str(tmp_path)) as (km, kc):
+        out, _ = run_cell(
+            kc,
+            "import nbpool, threading, time\n"
+            "pool = nbpool.Pool(2, start_method='threading')\n"
+            "def hello(x):\n    print('hello from', x)\n    return x\n"
+            "def spin(x):\n    while True:\n        pass\n"
+            "print(pool.map(hello, range(4), 1))",
+        )
+        assert all(f"hello from {i}" in out for i in range(4)) and "[0, 1, 2, 3]" in out
+        reply, took = interrupt_after(km, kc, "pool.map(spin, range(2), 1)")
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert took < 2.0
+        out, _ = run_cell(
+            kc,
+            "time.sleep(0.5)\nprint(pool.map(abs, [-1, -2]))\n"
+            "print(sorted(t.name.rsplit('-', 1)[0] for t in threading.enumerate() "
+            "if t.name.startswith('nbpool-thread')))",
+        )
+        # the spinning threads are gone: two fresh ones serve the slots
+        assert "[1, 2]" in out
+        assert "['nbpool-thread-worker-0', 'nbpool-thread-worker-1']" in out
+        run_cell(kc, "pool.terminate()")

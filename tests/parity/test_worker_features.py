@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import re
 import time
 
 import nbfuncs as f
@@ -205,8 +206,9 @@ def test_gpus_are_this_machines_option(engine, monkeypatch):
     if on_cluster(engine):
         with pytest.raises(ValueError, match="gpus= hands out this machine's GPUs; on a"):
             nbpool.Pool(1, gpus=1, **engine)
-        with pytest.raises(ValueError, match="start_method='forkserver' is for this machine"):
-            nbpool.Pool(1, start_method="forkserver", **engine)
+        for method in ("forkserver", "threading"):
+            with pytest.raises(ValueError, match=f"start_method='{method}' is for this machine"):
+                nbpool.Pool(1, start_method=method, **engine)
         return
     with nbpool.Pool(1, gpus=1, pass_worker_id=True) as pool:
         assert pool.map(_visible, [0]) == [(0, "0")]
@@ -363,3 +365,76 @@ def test_hook_timeouts_stop_the_worker_and_say_so(engine):
     assert time.monotonic() - t0 < 10
     with pytest.raises(TimeoutError, match=r"worker_exit_timeout=0\.5"):
         pool.get_exit_results()
+
+
+def _memfd_links(pid: int = 0) -> list[str]:
+    """nbpool's shared-memory segments a process holds open (fds) or mapped."""
+    pid = pid or os.getpid()
+    links = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    with open(f"/proc/{pid}/maps") as fh:
+        maps = [line.strip() for line in fh]
+    segment = re.compile(r"memfd:nbpool-\d")  # (not the workers' slots: memfd:nbpool-slot)
+    return [x for x in links + maps if segment.search(x)]
+
+
+def _array_task(wid, shared, x):
+    import os
+
+    a = shared["a"]
+    first = float(a[0])
+    try:
+        a[0] = 100.0 + wid  # private to this worker (copy on write), never seen elsewhere
+    except ValueError:  # Ray: arrays from its object store are read-only
+        return wid, os.getpid(), first, float(a[1:].sum()), "read-only"
+    return wid, os.getpid(), first, float(a[1:].sum()), float(a[0])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux /proc")
+def test_large_arrays_in_shared_objects_and_put_are_shared_not_copied(engine):
+    """On this machine the large buffers of shared objects and put() objects are in shared
+    memory (memfd, mapped by each worker, never a file in /dev/shm); on a cluster each worker
+    gets its copy. Either way: the same values, and a task's writes stay in its worker."""
+    np = pytest.importorskip("numpy")
+    big = np.arange(1_000_000, dtype=np.float64)  # 8 MB
+    before = _memfd_links()
+    shm_files = set(os.listdir("/dev/shm"))
+    with nbpool.Pool(2, shared_objects={"a": big}, pass_worker_id=True, **engine) as pool:
+        got = pool.map(_array_task, range(6), 1)
+        total = float(big[1:].sum())
+        assert all(s == total for _, _, _, s, _ in got)
+        if "ray_address" in engine:  # one copy per node in Ray's object store, read-only
+            assert {r[4] for r in got} == {"read-only"} and {r[2] for r in got} == {0.0}
+        else:
+            for wid in (0, 1):  # each worker sees its own writes only, the caller none
+                firsts = [first for w, _, first, _, _ in got if w == wid]
+                assert firsts[0] == 0.0 and set(firsts[1:]) <= {100.0 + wid}
+        assert big[0] == 0.0
+        ones = pool.put(np.ones(500_000))
+        assert pool.starmap(lambda wid, sh, a: float(a.sum()), [(ones,)] * 2) == [500_000.0] * 2
+        if "ray_address" in engine:  # both in Ray's object store, once
+            from nbpool._engines import ray as nbray
+
+            assert ones.id in nbray._STORED and any(k < 0 for k in nbray._STORED)
+        if not on_cluster(engine):
+            assert len(_memfd_links()) == len(before) + 2  # the caller holds two segments
+            for _wid, pid, *_ in got[:1]:
+                assert _memfd_links(pid)  # it maps the caller's segments
+        ref_id = ones.id
+        del ones
+        import gc
+
+        gc.collect()
+        from proc_util import wait_until
+
+        assert wait_until(lambda: ref_id not in pool._engine.refs)
+        if not on_cluster(engine):
+            assert len(_memfd_links()) == len(before) + 1  # the put segment is closed
+    assert _memfd_links() == before  # and the shared objects' with the pool
+    if "ray_address" in engine:
+        assert nbray._STORED == {}  # released from Ray's object store
+    assert set(os.listdir("/dev/shm")) - shm_files == set()

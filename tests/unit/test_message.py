@@ -23,4 +23,4 @@ def test_fields_defaults_equality_and_pickling():
     with pytest.raises(TypeError):
         ChunkDone(1, 2)
     with pytest.raises(TypeError):
-        RunChunk(1, 2, 3, 4, "map", None, b"", 1, None, (), (), "extra")
+        RunChunk(1, 2, 3, 4, "map", None, b"", 1, None, (), (), (), "extra")

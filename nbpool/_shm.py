@@ -1,0 +1,103 @@
+"""Large buffers of shared objects and ``pool.put`` objects, in shared memory (local engine).
+
+::
+
+  caller                                          each local worker
+  ──────                                          ─────────────────
+  pickle (protocol 5): large buffers out of band
+  each buffer of SHM_MIN or more → a memfd        Hello / RunChunk say (index, fd, size, name)
+  (anonymous shared memory: no name in /dev/shm,  ─► open /proc/<caller>/fd/<fd>, check its
+  one copy, whatever the number of workers)           name, mmap it MAP_PRIVATE, close the fd
+                                                   ─► the unpickled array uses those pages
+
+Why a memfd and ``/proc/<caller>/fd``: nothing is ever left in ``/dev/shm``, whoever is killed
+(the memory is freed when the last process that holds the fd or a mapping is gone), and no
+descriptor has to be passed over the worker's socket (which the worker reads as a raw fd,
+without importing ``socket``). The caller keeps the fd open as long as the object may be sent:
+the pool's life for shared objects, the ``ObjectRef``'s life for ``put`` (a chunk in flight
+holds its ``ObjectRef``, so a worker has mapped it before it can be closed). The worker checks
+the fd's name before it maps it, so a number reused by another file is refused, never read.
+
+``MAP_PRIVATE``: a worker reads the caller's pages without a copy; what a task writes to the
+array is copied on write into that worker (as after a fork), never seen by other workers or the
+caller.
+
+Linux only (``memfd_create``, ``/proc``); elsewhere buffers go over the socket as before.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
+if TYPE_CHECKING:
+    from typing import Any
+
+SHM_MIN = 1 << 20  # smaller buffers are cheaper to copy through the socket
+_tokens = iter(range(1, 1 << 62))
+
+
+def available() -> bool:
+    return hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
+
+
+class Segments:
+    """Caller side: the memfds of one pickled object's large buffers."""
+
+    def __init__(self) -> None:
+        self.fds: dict[int, tuple[int, int, str]] = {}  # buffer index -> (fd, size, name)
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, {}
+        for fd, _, _ in fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def share(buffers: list[Any]) -> tuple[list[Any], Segments]:
+    """Move each buffer of ``SHM_MIN`` bytes or more into a memfd. Returns the buffer list with
+    ``b""`` where a buffer went to shared memory, and the segments (index into that list)."""
+    segments = Segments()
+    out: list[Any] = []
+    try:
+        for i, b in enumerate(buffers):
+            view = memoryview(b).cast("B")
+            if view.nbytes < SHM_MIN:
+                out.append(b)
+                continue
+            name = f"nbpool-{os.getpid()}-{next(_tokens)}"
+            fd = os.memfd_create(name, os.MFD_CLOEXEC)
+            segments.fds[i] = (fd, view.nbytes, name)
+            os.ftruncate(fd, view.nbytes)
+            with mmap.mmap(fd, view.nbytes) as m:
+                m[:] = view
+            out.append(b"")
+    except BaseException:
+        segments.close()
+        raise
+    return out, segments
+
+
+def describe(segments: Segments, offset: int = 0) -> tuple[tuple[int, int, int, str], ...]:
+    """What a message says of them: (buffer index + ``offset``, fd, size, name)."""
+    return tuple((i + offset, fd, size, name) for i, (fd, size, name) in segments.fds.items())
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def attach(buffers: list[Any], shm: tuple[tuple[int, int, int, str], ...], caller: int) -> None:
+    """Put the caller's shared-memory segments in place in ``buffers`` (private mappings)."""
+    for index, fd, size, name in shm:
+        path = f"/proc/{caller}/fd/{fd}"
+        if os.readlink(path) != f"/memfd:{name} (deleted)":
+            raise RuntimeError(f"nbpool: shared memory {name} is gone from the caller ({path})")
+        own = os.open(path, os.O_RDONLY)
+        try:
+            m = mmap.mmap(own, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(own)
+        buffers[index] = memoryview(m)
