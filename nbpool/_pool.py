@@ -212,9 +212,15 @@ def _gpu_slices(gpus: Any, processes: int) -> list[tuple[tuple[str, str], ...]] 
     return [(("CUDA_VISIBLE_DEVICES", ",".join(g)),) for g in groups]
 
 
+def _drop_ref(engine_ref: Any, ref_id: int) -> None:
+    engine = engine_ref()
+    if engine is not None:
+        engine.drop_ref(ref_id)
+
+
 def _store_shared(shared_objects: Any, ray: Any) -> Any:
-    """The shared objects in Ray's object store, put once (see ``_engines.ray.Stored``); the
-    same picklability check as elsewhere first, in the caller."""
+    """The shared objects put once in Ray's object store (see ``_engines.ray.Stored``);
+    pickled first, in the caller (an unpicklable one fails here, naming it)."""
     from ._engines import ray as _ray
 
     _dump_shared(shared_objects, False)
@@ -745,10 +751,12 @@ class Pool:
         if self.backend == "ray":  # once in Ray's object store (see _engines.ray.Stored)
             from ._engines import ray as _ray
 
-            engine.refs[ref.id] = (b"", [], _ray.Stored(self._ray, obj, ref.id))
+            engine.add_ref(ref.id, (b"", [], _ray.Stored(self._ray, obj, ref.id)))
         else:
-            engine.refs[ref.id] = (data, *_to_shm(oob, self.backend == "local"))
-        weakref.finalize(ref, engine.drop_ref, ref.id)
+            engine.add_ref(ref.id, (data, *_to_shm(oob, self.backend == "local")))
+        # (the engine weakly: a reference kept after the pool ended must not keep the pool's
+        # engine alive)
+        weakref.finalize(ref, _drop_ref, weakref.ref(engine), ref.id)
         return ref
 
     def get_insights(self) -> dict[str, Any]:

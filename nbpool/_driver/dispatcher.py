@@ -232,11 +232,23 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
     def watch(self, progress: Any) -> None:
         self._command(Watch(progress))
 
+    def add_ref(self, ref_id: int, entry: tuple[Any, list[Any], Any]) -> None:
+        """``Pool.put``: store an object's pickle (caller's thread). Refused once the
+        dispatcher has ended (its teardown would never release it)."""
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                self.refs[ref_id] = entry
+                return
+        if entry[2] is not None:
+            entry[2].close()
+        raise PoolClosedError("the pool's workers were shut down")
+
     def drop_ref(self, ref_id: int) -> None:
-        """From the ObjectRef's finalizer (any thread, maybe after the pool ended)."""
+        """From the ObjectRef's finalizer (any thread, maybe after the pool ended: then the
+        teardown released it already)."""
         try:
             self._command(DropRef(ref_id))
-        except Exception:  # the pool is gone, and its store with it
+        except Exception:
             pass
 
     def close(self) -> None:
@@ -375,7 +387,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         if self._maxtasks is not None:
             w.budget = self._maxtasks
         if self.insights is not None:
-            self.insights.started(id(w), slot)
+            self.insights.started(id(w), slot, w.started_at)
         self._slots[slot] = w
         self._all.add(w)
         self._sel.register(w.ch.fileno(), selectors.EVENT_READ, ("sock", w))
@@ -503,9 +515,6 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         # Each step on its own: a failure in one (a bug, a worker in a strange state) must not
         # skip the rest, above all closing the wake pipe that later calls check (see _post).
         _LIVE.discard(self)
-        # an ObjectRef the caller keeps must not keep its pickle (or shared memory) alive
-        for ref_id in list(self.refs):
-            self._drop_ref(ref_id)
         if self._shared is not None and self._shared[2] is not None:
             self._shared[2].close()
         err = PoolClosedError("the pool was terminated before this result was ready")
@@ -543,6 +552,10 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
                 if isinstance(cmd, Submit):
                     cmd.job.sink._abort(err)
             self._commands.clear()
+            # An ObjectRef the caller keeps must not keep its pickle (or shared memory) alive.
+            # Under the lock: a put() (add_ref) either came before this or is refused.
+            for ref_id in list(self.refs):
+                self._drop_ref(ref_id)
 
 
 def _fail_job(job: Job, err: BaseException) -> None:

@@ -36,6 +36,7 @@ class WorkerHandle:
 
     def __init__(self, wid: int) -> None:
         self.wid = wid
+        self.started_at = time.monotonic()  # (insights: start-up counts from here)
         self.ch: Channel
         self.slot: Any
         self.out_fds: dict[int, str] = {}

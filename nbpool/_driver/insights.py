@@ -57,9 +57,10 @@ class Insights:
 
     # ------------------------------------------------------------------ dispatcher thread
 
-    def started(self, key: int, slot: int) -> None:
+    def started(self, key: int, slot: int, at: float) -> None:
+        """A worker for ``slot``, started (its process or actor asked for) at ``at``."""
         with self._lock:
-            self._spawned_at[key] = time.monotonic()
+            self._spawned_at[key] = at
             self._live[key] = slot
             self._started[slot] += 1
 

@@ -201,10 +201,14 @@ class SchedulingMixin(EngineState):
 
     def _unknown_ref(self, job: Job, start: int, items: Any, ref_id: int) -> None:
         """Items that name an ObjectRef this pool never made (another pool's put): they fail,
-        the call goes on."""
+        the call goes on. A chunk of several is sent again item by item, to find them."""
+        if len(items) > 1:
+            for i in reversed(range(len(items))):
+                self._requeue(job, start + i, items[i : i + 1])
+            return
         err = ValueError(
-            f"items {start}..{start + len(items) - 1} hold nbpool.ObjectRef {ref_id}, which this "
-            "pool's put() did not make: pass a reference only to the pool that made it"
+            f"item {start} holds nbpool.ObjectRef {ref_id}, which this pool's put() did not "
+            "make: pass a reference only to the pool that made it"
         )
         failures: dict[int, BaseException] = dict.fromkeys(range(start, start + len(items)), err)
         job.deliver(start, [None] * len(items), failures)

@@ -14,7 +14,10 @@
 So everything the dispatcher does (chunking, ordering, callbacks, progress, insights, worker
 state, hooks, lifespans, cancel) is the local engine's. What threads cannot do, and the pool
 refuses: memory limits (one process), CPU pinning, ``gpus`` (one environment), crash isolation
-(``os._exit`` in a task ends the caller). A stopped worker (``task_timeout``, an interrupt,
+(``os._exit`` in a task ends the caller). What a task prints goes through a pipe of its
+thread's own (``sys.stdout`` and ``sys.stderr`` become ``_ThreadStream``s, which pass every
+other thread's writes through), so it reaches the submitting cell tagged, as a process's
+would. A stopped worker (``task_timeout``, an interrupt,
 ``terminate()``) stops at its next Python instruction; one blocked in C (``time.sleep``, a
 socket read) finishes that call in the background first, and its result is dropped.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import array
 import collections
+import contextlib
 import itertools
 import os
 import queue
@@ -37,6 +41,50 @@ if TYPE_CHECKING:
 
 
 _started = itertools.count(1)  # thread names: which slot, and which thread of it
+
+# (thread ident, 1 or 2) -> write end of that worker thread's stdout / stderr pipe
+_OUT: dict[tuple[int, int], int] = {}
+_install_lock = threading.Lock()
+
+
+class _ThreadStream:
+    """``sys.stdout`` / ``sys.stderr`` while threading pools exist: what a worker thread writes
+    goes to its own pipe, which the dispatcher reads and routes as a worker process's output
+    (tagged, to the cell that submitted the call); anyone else's writes go to the stream that
+    was there (unchanged, as are all its other attributes)."""
+
+    def __init__(self, stream: Any, fd: int) -> None:
+        self._stream, self._fd = stream, fd
+
+    def write(self, text: str) -> int:
+        fd = _OUT.get((threading.get_ident(), self._fd))
+        if fd is None:
+            return self._stream.write(text)
+        data = text.encode("utf-8", "replace")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:  # its pipe is gone (the worker was stopped): nobody reads it
+            pass
+        return len(text)
+
+    def flush(self) -> None:
+        if (threading.get_ident(), self._fd) not in _OUT:
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _install_streams() -> None:
+    import sys
+
+    with _install_lock:
+        if not isinstance(sys.stdout, _ThreadStream):
+            sys.stdout = _ThreadStream(sys.stdout, 1)
+        if not isinstance(sys.stderr, _ThreadStream):
+            sys.stderr = _ThreadStream(sys.stderr, 2)
 
 
 class _DispatcherEnd:
@@ -82,7 +130,14 @@ class ThreadWorker(WorkerHandle):
         r, self._w = os.pipe()
         self._w_lock = threading.Lock()  # the thread's replies vs a stop closing the pipe
         self.ch = _DispatcherEnd(self._inbox, self._replies, r)  # type: ignore[assignment]
+        out_r, self._out_w = os.pipe()
+        err_r, self._err_w = os.pipe()
+        self.out_fds = {out_r: "stdout", err_r: "stderr"}
+        _install_streams()
         self._stopping = False
+        # True while the thread runs tasks or hooks (set before it looks at _stopping, so a
+        # stop either is seen by the thread or interrupts it: never neither)
+        self._in_user_code = False
         self._thread = threading.Thread(
             target=self._main, name=f"nbpool-thread-worker-{wid}-{next(_started)}", daemon=True
         )
@@ -108,15 +163,25 @@ class ThreadWorker(WorkerHandle):
     def _main(self) -> None:
         from .._worker.runner import ThreadStopped
 
+        me = threading.get_ident()
+        _OUT[(me, 1)], _OUT[(me, 2)] = self._out_w, self._err_w
         try:
             self._serve()
         except ThreadStopped:
             pass
         finally:
             try:
-                self._close_pipe()
+                self._end(me)
             except ThreadStopped:  # (a stop that came just as it was ending)
-                self._close_pipe()
+                self._end(me)
+
+    def _end(self, me: int) -> None:
+        """Its output pipes (EOF: what it printed is all read) and its reply pipe."""
+        for key in ((me, 1), (me, 2)):
+            fd = _OUT.pop(key, None)
+            if fd is not None:
+                os.close(fd)
+        self._close_pipe()
 
     def _serve(self) -> None:
         from .._worker.runner import Runner
@@ -125,9 +190,11 @@ class ThreadWorker(WorkerHandle):
         mark_in_process()
         runner = Runner(self.slot, lambda record: None, thread=True)
         hello, buffers = self._inbox.get()
-        if hello is None:
+        self._in_user_code = True  # the initializer and worker_init
+        if hello is None or self._stopping:
             return
         reply = runner.hello(hello, buffers, self.pid, self.pid, -1)
+        self._in_user_code = False
         self._reply(reply, [])
         if isinstance(reply, InitFailed):
             return
@@ -149,13 +216,17 @@ class ThreadWorker(WorkerHandle):
             if not pending:
                 continue
             msg, bufs = pending.popleft()
+            self._in_user_code = True
             if msg is None or self._stopping:
                 return
             if isinstance(msg, Shutdown):
-                self._reply(*runner.exit())
+                done = runner.exit()  # the worker_exit hook
+                self._in_user_code = False
+                self._reply(*done)
                 return
             assert isinstance(msg, RunChunk)
             reply, out = runner.run_chunk(msg, bufs)
+            self._in_user_code = False
             del bufs
             self._reply(reply, out)
             self.slot[2] = STAGE_IDLE
@@ -175,10 +246,9 @@ class ThreadWorker(WorkerHandle):
         self._stopping = True
         self._close_pipe()
         self._inbox.put((None, []))  # an idle thread wakes up and ends
-        # Only one that runs a task is interrupted: an idle one ends on the message above,
+        # Only one in a task or hook is interrupted: an idle one ends on the message above,
         # and an exception raised after its function returned would be printed by threading.
-        busy = self.slot[2] != STAGE_IDLE
-        if busy and self._thread.is_alive() and self._thread.ident is not None:
+        if self._in_user_code and self._thread.is_alive() and self._thread.ident is not None:
             import ctypes
 
             from .._worker.runner import ThreadStopped
@@ -195,6 +265,10 @@ class ThreadWorker(WorkerHandle):
             self._inbox.put((None, []))
         self._thread.join(0.05)
         self.ch.close()
+        for fd in list(self.out_fds):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.out_fds.clear()
         return None
 
     def describe_exit(self, code: int | None) -> str:

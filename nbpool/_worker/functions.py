@@ -373,13 +373,14 @@ def dumps_fn(fn: Any, serializer: str = "cloudpickle", role: str = "function") -
     try:
         fn_bytes = _pickle_function(serializer, fn, found)
     except Exception as exc:
-        from .modules import by_reference
+        from .modules import by_reference, in_by_reference
 
-        try:  # modules next to the notebook by reference instead (see _worker.modules)
-            with by_reference():
-                return dumps_fn(fn, serializer, role)
-        except Exception:
-            pass
+        if not in_by_reference():  # once: modules next to the notebook by reference instead
+            try:
+                with by_reference():
+                    return dumps_fn(fn, serializer, role)
+            except Exception:
+                pass
         raise SerializationError(
             f"cannot pickle the {what}: {exc}. Define what it needs inside the function, or "
             "create unpicklable resources (connections, locks, open files) in an `initializer`."

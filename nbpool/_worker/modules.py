@@ -24,6 +24,7 @@ the first failure otherwise.
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 
@@ -50,26 +51,29 @@ def _installed_dirs() -> list[str]:
     return _installed
 
 
-_only_main: list[bool] = []  # non-empty inside by_reference()
+_only_main = _thread._local()  # .on: inside by_reference(), in this thread only
 
 
 class by_reference:
-    """``with by_reference():`` only ``__main__`` travels by value (see the module docstring).
-    The caller pickles functions in one thread at a time (the pool's submitting thread holds
-    no lock, but a retry is rare and short)."""
+    """``with by_reference():`` only ``__main__`` travels by value (see the module docstring),
+    for what this thread pickles (the dispatcher pickling items meanwhile is not affected)."""
 
     def __enter__(self) -> None:
-        _only_main.append(True)
+        _only_main.on = True
 
     def __exit__(self, *exc: object) -> None:
-        _only_main.pop()
+        _only_main.on = False
+
+
+def in_by_reference() -> bool:
+    return getattr(_only_main, "on", False)
 
 
 def by_value_module(name: str | None) -> bool:
     """Whether functions and classes of module ``name`` are pickled by value."""
     if name == "__main__":
         return True
-    if _only_main or not name or name.partition(".")[0] in _NEVER:
+    if not name or name.partition(".")[0] in _NEVER or getattr(_only_main, "on", False):
         return False
     try:
         cwd = os.getcwd()

@@ -42,8 +42,15 @@ class ObjectRef:
 
     def __reduce__(self) -> Any:
         seen = getattr(_noting, "ids", None)
-        if seen is not None:
-            seen.append(self.id)
+        if seen is None:  # not an item's argument: the worker would never get its object
+            import pickle
+
+            raise pickle.PicklingError(
+                f"{self!r} can be passed to its pool's calls as an argument (or inside one), "
+                "not read as a global, captured by a function, or pickled otherwise: pass it "
+                "as an argument"
+            )
+        seen.append(self.id)
         return (resolve, (self.id,))
 
     def __repr__(self) -> str:

@@ -125,3 +125,31 @@ def test_the_dashboard_has_a_row_per_worker_thread():
     assert [row["state"] for row in rows] == ["busy", "busy"]
     assert {row["item"] for row in rows} == {0, 1}
     assert all(row["cpu"] is None and row["rss"] is None for row in rows)  # one process
+
+
+def test_a_hook_past_its_timeout_is_stopped_on_threads_too():
+    """worker_init_timeout stops the thread that runs the hook (not only the items)."""
+    with nbpool.Pool(
+        1, start_method="threading", worker_init=lambda: _spin(), worker_init_timeout=0.5
+    ) as pool:
+        with pytest.raises(TimeoutError, match="worker_init_timeout"):
+            pool.apply(abs, (1,))
+    # (the leftover check: the spinning thread is gone)
+
+
+def test_what_a_task_prints_is_routed_and_tagged(capsys):
+    import sys
+
+    def chatty(x):
+        print("out", x)
+        print("err", x, file=sys.stderr)
+        return x
+
+    with nbpool.Pool(2, start_method="threading") as pool:
+        assert pool.map(chatty, range(4), 1) == [0, 1, 2, 3]
+        print("the caller's own line")
+    got = capsys.readouterr()
+    out = sorted(line.split("] ", 1)[1] for line in got.out.splitlines() if "thread]" in line)
+    assert out == [f"out {i}" for i in range(4)]
+    assert sorted(line for line in got.err.splitlines() if "thread]" in line) != []
+    assert "the caller's own line" in got.out.splitlines()  # untouched, untagged

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import time
 
 import psutil
@@ -63,7 +64,9 @@ def test_threading_pool_in_a_kernel_prints_in_the_cell_and_stops_on_interrupt(tm
             "def spin(x):\n    while True:\n        pass\n"
             "print(pool.map(hello, range(4), 1))",
         )
-        assert all(f"hello from {i}" in out for i in range(4)) and "[0, 1, 2, 3]" in out
+        for i in range(4):  # routed to the cell and tagged, as a process worker's print
+            assert re.search(rf"^\[w[01] thread\] hello from {i}$", out, re.M), out
+        assert "[0, 1, 2, 3]" in out
         reply, took = interrupt_after(km, kc, "pool.map(spin, range(2), 1)")
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert took < 2.0

@@ -128,6 +128,11 @@ def test_put_sends_an_object_once_per_worker_and_forgets_it_when_dropped(engine)
         for _ in range(4):
             held = pool.map(lambda wid, st, x: _refs_held(x), range(4), 1)
         assert all(ref_id not in h for h in held)
+        # a reference captured by the function (or read as a global) would never reach the
+        # worker: refused, saying what to do
+        captured = pool.put([1])
+        with pytest.raises(nbpool.SerializationError, match="pass it as an argument"):
+            pool.map(lambda wid, st, x: len(captured), [1])
         with pytest.raises(nbpool.SerializationError, match=r"put\(\) got .* cannot be pickled"):
             pool.put(open(__file__))  # noqa: SIM115
     with pytest.raises(ValueError, match="Pool not running"):
@@ -136,4 +141,10 @@ def test_put_sends_an_object_once_per_worker_and_forgets_it_when_dropped(engine)
     with nbpool.Pool(1, **engine) as other:
         with pytest.raises(ValueError, match=r"this pool's put\(\) did not make"):
             other.map(len, [foreign])
+        # only the item that holds it fails, also in a chunk of several
+        it = other.imap(len, [[0], foreign, [0, 0]], chunksize=3)
+        assert next(it) == 1
+        with pytest.raises(ValueError, match=r"item 1 holds nbpool.ObjectRef"):
+            next(it)
+        assert next(it) == 2
         assert other.map(len, [[1, 2, 3]]) == [3]

@@ -417,9 +417,9 @@ def test_large_arrays_in_shared_objects_and_put_are_shared_not_copied(engine):
         ones = pool.put(np.ones(500_000))
         assert pool.starmap(lambda wid, sh, a: float(a.sum()), [(ones,)] * 2) == [500_000.0] * 2
         if "ray_address" in engine:  # both in Ray's object store, once
-            from nbpool._engines import ray as nbray
+            from nbpool._engines import ray as store
 
-            assert ones.id in nbray._STORED and any(k < 0 for k in nbray._STORED)
+            assert ones.id in store._STORED and any(k < 0 for k in store._STORED)
         if not on_cluster(engine):
             assert len(_memfd_links()) == len(before) + 2  # the caller holds two segments
             for _wid, pid, *_ in got[:1]:
@@ -436,5 +436,5 @@ def test_large_arrays_in_shared_objects_and_put_are_shared_not_copied(engine):
             assert len(_memfd_links()) == len(before) + 1  # the put segment is closed
     assert _memfd_links() == before  # and the shared objects' with the pool
     if "ray_address" in engine:
-        assert nbray._STORED == {}  # released from Ray's object store
+        assert store._STORED == {}  # released from Ray's object store
     assert set(os.listdir("/dev/shm")) - shm_files == set()
