@@ -26,6 +26,7 @@ nbpool is faster. Results go to ``benchmarks/results/cluster.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -103,6 +104,20 @@ def serial_time(n_spin: int) -> float:
     return statistics.median(runs)
 
 
+def alternate(rows: dict, repeat: int, times: dict, label: str = "") -> None:
+    """Run each row's libraries in turn, ``repeat`` times, the order reversed every other
+    time (neither always goes first), into ``times[(row, lib)]``; print each repetition.
+    ``rows``: row -> library -> a function that returns the seconds it measured."""
+    for name, libs in rows.items():
+        for rep in range(repeat):
+            order = list(libs.items()) if rep % 2 == 0 else list(libs.items())[::-1]
+            for lib, run in order:
+                times.setdefault((name, lib), []).append(run())
+            print(f"{label}{name} rep {rep + 1}: " + ", ".join(
+                f"{lib} {times[(name, lib)][-1]:.3f} s" for lib in libs
+            ), flush=True)  # fmt: skip
+
+
 def run_ray(args: argparse.Namespace) -> list[str]:
     # The head first: it sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (and the token) in this
     # process, which Ray reads when it is imported; imported before, Ray would swap 127.0.0.1
@@ -150,26 +165,19 @@ def run_ray(args: argparse.Namespace) -> list[str]:
             pool.map(sq, range(100))
             pool.apply(sq, (1,))
         times: dict[tuple[str, str], list[float]] = {}
-        for name, fn in rows.items():
-            for rep in range(args.repeat):
-                order = list(pools.items()) if rep % 2 == 0 else list(pools.items())[::-1]
-                for lib, pool in order:
-                    times.setdefault((name, lib), []).append(fn(pool))
-                print(f"{name} rep {rep + 1}: " + ", ".join(
-                    f"{lib} {times[(name, lib)][-1]:.3f} s" for lib in pools
-                ), flush=True)  # fmt: skip
+        alternate(
+            {name: {lib: functools.partial(fn, p) for lib, p in pools.items()}
+             for name, fn in rows.items()},
+            args.repeat, times,
+        )  # fmt: skip
         nb.terminate()
         rp.terminate()
         ray.shutdown()
-        for rep in range(args.repeat):
-            for lib in ("nbpool", "ray") if rep % 2 == 0 else ("ray", "nbpool"):
-                key = ("connect", "nbpool" if lib == "nbpool" else "ray Pool")
-                times.setdefault(key, []).append(connect_time(lib, head.address))
-            print(
-                f"connect rep {rep + 1}: nbpool {times[('connect', 'nbpool')][-1]:.3f} s, "
-                f"ray Pool {times[('connect', 'ray Pool')][-1]:.3f} s",
-                flush=True,
-            )
+        connect = {
+            "nbpool": functools.partial(connect_time, "nbpool", head.address),
+            "ray Pool": functools.partial(connect_time, "ray", head.address),
+        }
+        alternate({"connect": connect}, args.repeat, times)
     finally:
         stop_ray_head(head)
 
@@ -294,35 +302,30 @@ def run_dask(args: argparse.Namespace) -> list[str]:
         nb.map(sq, range(100))  # warm: every worker started, code shipped once
         client.gather(client.map(sq, range(100), pure=False))
         times: dict[tuple[str, str], list[float]] = {}
-        for name, libs in rows.items():
-            if name not in wanted:
-                continue
-            for rep in range(args.repeat):
-                order = list(libs.items()) if rep % 2 == 0 else list(libs.items())[::-1]
-                for lib, fn in order:
-                    times.setdefault((name, lib), []).append(timed(fn))
-                print(f"dask {name} rep {rep + 1}: " + ", ".join(
-                    f"{lib} {times[(name, lib)][-1]:.3f} s" for lib in libs
-                ), flush=True)  # fmt: skip
+        alternate(
+            {name: {lib: functools.partial(timed, fn) for lib, fn in libs.items()}
+             for name, libs in rows.items() if name in wanted},
+            args.repeat, times, "dask ",
+        )  # fmt: skip
         nb.terminate()
         client.close()
+
+        def connect(lib: str) -> float:
+            out = subprocess.run(
+                [sys.executable, "-c", DASK_CONNECT.format(workers=WORKERS), lib,
+                 cluster.address],
+                capture_output=True, text=True, timeout=300, cwd="/",
+            )  # fmt: skip
+            if out.returncode != 0:
+                raise RuntimeError(f"{lib} connect failed:\n{out.stderr[-2000:]}")
+            return float(out.stdout.strip().splitlines()[-1])
+
         if "connect" in wanted:
-            for rep in range(args.repeat):
-                for lib in ("nbpool", "dask") if rep % 2 == 0 else ("dask", "nbpool"):
-                    out = subprocess.run(
-                        [sys.executable, "-c", DASK_CONNECT.format(workers=WORKERS), lib,
-                         cluster.address],
-                        capture_output=True, text=True, timeout=300, cwd="/",
-                    )  # fmt: skip
-                    if out.returncode != 0:
-                        raise RuntimeError(f"{lib} connect failed:\n{out.stderr[-2000:]}")
-                    key = ("connect", "nbpool" if lib == "nbpool" else "dask Client")
-                    times.setdefault(key, []).append(float(out.stdout.strip().splitlines()[-1]))
-                print(
-                    f"dask connect rep {rep + 1}: nbpool {times[('connect', 'nbpool')][-1]:.3f}"
-                    f" s, dask Client {times[('connect', 'dask Client')][-1]:.3f} s",
-                    flush=True,
-                )
+            libs = {"nbpool": "nbpool", "dask Client": "dask"}
+            alternate(
+                {"connect": {k: functools.partial(connect, v) for k, v in libs.items()}},
+                args.repeat, times, "dask ",
+            )  # fmt: skip
     finally:
         stop_dask_cluster(cluster)
 

@@ -46,7 +46,8 @@ class SequenceSource:
     def exhausted(self) -> bool:
         return self.pos >= len(self.seq)
 
-    def take(self, n: int) -> Any:
+    def take(self, n: int, whole: bool = False) -> Any:
+        """The next ``n`` items (``whole``: for ``IteratorSource``'s sake; a slice is whole)."""
         chunk = self.seq[self.pos : self.pos + n]
         self.pos += len(chunk)
         return chunk if isinstance(chunk, range) else list(chunk)
@@ -192,9 +193,7 @@ class Job:
             return start, items
         start = self.source.pos
         n = self.chunk_size(nworkers, budget)
-        if isinstance(self.source, IteratorSource):
-            return start, self.source.take(n, whole=self.chunksize is not None)
-        return start, self.source.take(n)
+        return start, self.source.take(n, whole=self.chunksize is not None)
 
     def deliver(
         self,

@@ -27,6 +27,7 @@ Linux only (``memfd_create``, ``/proc``); elsewhere buffers go over the socket a
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 SHM_MIN = 1 << 20  # smaller buffers are cheaper to copy through the socket
-_tokens = iter(range(1, 1 << 62))
+_tokens = itertools.count(1)
 
 
 def available() -> bool:

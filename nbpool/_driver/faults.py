@@ -183,8 +183,7 @@ class FaultsMixin(EngineState):
         else:
             # It died loading, pickling, or running untracked tiny items: which one is unknown.
             # The items go back one by one; the culprit will fail again, alone.
-            for i in reversed(range(len(items))):
-                self._requeue(job, start + i, items[i : i + 1])
+            self._requeue_singly(job, start, items)
             return
         k = culprit - start
         # Items after it never ran; items before it ran but their results died with the worker.

@@ -167,8 +167,7 @@ class InboxMixin(EngineState):
     def _on_chunk_load_failed(self, chunk: Chunk, msg: ChunkLoadFailed) -> None:
         job = chunk.job
         if chunk.count > 1:  # find the culprit: resend the items one by one (none of them ran)
-            for i in reversed(range(chunk.count)):
-                self._requeue(job, chunk.start + i, chunk.items[i : i + 1])
+            self._requeue_singly(job, chunk.start, chunk.items)
             return
         err = SerializationError(
             f"the argument of item {chunk.start} could not be unpickled in worker "

@@ -88,8 +88,9 @@ class SchedulingMixin(EngineState):
 
     def _dispatch(self, job: Job, w: Worker, room: int | None = None) -> None:
         self._flush_partials(w, job.id, keep=True)  # another job's last words end here
-        budget = w.budget if room is None or (w.budget is not None and w.budget < room) else room
-        start, items = job.cut(self.nworkers, budget)
+        # at most what its lifespan has left and what max_tasks_active leaves room for
+        limits = [n for n in (w.budget, room) if n is not None]
+        start, items = job.cut(self.nworkers, min(limits) if limits else None)
         src = job.source
         if src.error is not None and src.exhausted and not job.length_sent:
             # The input iterable raised: that exception is the result at its position.
@@ -193,6 +194,11 @@ class SchedulingMixin(EngineState):
             w.fns.popitem(last=False)
         return fn.without_globals(same) if same else fn
 
+    def _requeue_singly(self, job: Job, start: int, items: Any) -> None:
+        """Send ``items`` again one by one, to find the one at fault: it fails again, alone."""
+        for i in reversed(range(len(items))):
+            self._requeue(job, start + i, items[i : i + 1])
+
     def _requeue(self, job: Job, start: int, items: Any) -> None:
         if len(items) and not job.cancelled:
             job.retry.appendleft((start, items))
@@ -203,8 +209,7 @@ class SchedulingMixin(EngineState):
         """Items that name an ObjectRef this pool never made (another pool's put): they fail,
         the call goes on. A chunk of several is sent again item by item, to find them."""
         if len(items) > 1:
-            for i in reversed(range(len(items))):
-                self._requeue(job, start + i, items[i : i + 1])
+            self._requeue_singly(job, start, items)
             return
         err = ValueError(
             f"item {start} holds nbpool.ObjectRef {ref_id}, which this pool's put() did not "
@@ -216,8 +221,7 @@ class SchedulingMixin(EngineState):
 
     def _split_unpicklable(self, job: Job, start: int, items: Any) -> None:
         if len(items) > 1:
-            for i in reversed(range(len(items))):
-                self._requeue(job, start + i, items[i : i + 1])
+            self._requeue_singly(job, start, items)
             return
         try:
             dumps_data(items)

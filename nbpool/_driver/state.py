@@ -50,6 +50,7 @@ class EngineState:
     _send: Callable[..., bool]
     _retire: Callable[[Worker], None]
     _requeue: Callable[[Job, int, Any], None]
+    _requeue_singly: Callable[[Job, int, Any], None]
     _maybe_finish: Callable[[Job], None]
     _pop_chunk: Callable[[Worker, int, int], Chunk | None]
     _read_output: Callable[[Worker, int], str]

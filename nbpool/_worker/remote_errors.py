@@ -119,7 +119,7 @@ def rebuild_exception(
     data: bytes, tb: str, type_name: str, message: str, header: str, lost: str = ""
 ) -> BaseException:
     """The worker's exception, ready to raise in the caller (see the module docstring)."""
-    from .._errors import TaskExitError
+    from .._errors import TaskExitError, add_note
     from .._mp_errors import RemoteTraceback
 
     exc: BaseException
@@ -142,11 +142,7 @@ def rebuild_exception(
         )
     else:
         if lost:
-            note = f"nbpool: {lost} when this exception was sent back from the worker."
-            if hasattr(exc, "add_note"):
-                exc.add_note(note)
-            else:  # Python 3.10
-                exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
+            add_note(exc, f"nbpool: {lost} when this exception was sent back from the worker.")
     exc.__cause__ = RemoteTraceback(f'\n{header}\n"""\n{cell_names(tb)}"""')
     if not isinstance(exc, Exception):
         wrapper = TaskExitError(
