@@ -218,13 +218,11 @@ def _drop_ref(engine_ref: Any, ref_id: int) -> None:
         engine.drop_ref(ref_id)
 
 
-def _store_shared(shared_objects: Any, ray: Any) -> Any:
-    """The shared objects put once in Ray's object store (see ``_engines.ray.Stored``);
+def _store_shared(shared_objects: Any, store: Callable[..., Any]) -> Any:
+    """The shared objects put once in the cluster's object store (see ``_engines.bridge.Stored``);
     pickled first, in the caller (an unpicklable one fails here, naming it)."""
-    from ._engines import ray as _ray
-
     _dump_shared(shared_objects, False)
-    return (b"", [], _ray.Stored(ray, shared_objects))
+    return (b"", [], store(shared_objects))
 
 
 def _in_process_fn(fn: Any, role: str = "function") -> Any:
@@ -411,14 +409,16 @@ class Pool:
                 f"{self.backend.capitalize()} cluster leave it out"
             )
         new_worker: Callable[[int], WorkerHandle] | None = None
-        ray: Any = None
-        self._ray: Any = None  # the ray module, for put() (Ray's object store)
+        # obj, key=None -> _engines.bridge.Stored: the cluster's object store, for shared objects
+        # and put() objects
+        self._store: Callable[..., Any] | None = None
         if self.backend == "ray":
             from ._engines import ray as _ray
 
-            ray = self._ray = _ray.connect(self.address)
+            ray = _ray.connect(self.address)
             processes = _ray.check_processes(ray, processes, self.address, need)
             new_worker = functools.partial(_ray.RayWorker, ray=ray, resources=need)
+            self._store = functools.partial(_ray.Stored, ray)
         elif self.backend == "dask":
             from ._engines import dask as _dask
 
@@ -427,6 +427,7 @@ class Pool:
             new_worker = functools.partial(
                 _dask.DaskWorker, client=client, address=self.address, resources=need
             )
+            self._store = functools.partial(_dask.Stored, client)
         elif processes is None:
             processes = os.cpu_count() or 1
         if worker_lifespan is not None:
@@ -551,8 +552,8 @@ class Pool:
                     if "shared" not in worker_args
                     else (_in_process(shared_objects), [], None)
                     if threads
-                    else _store_shared(shared_objects, ray)
-                    if self.backend == "ray"
+                    else _store_shared(shared_objects, self._store)
+                    if self._store is not None
                     else _dump_shared(shared_objects, self.backend == "local")
                 ),
                 in_process=threads,
@@ -748,10 +749,8 @@ class Pool:
         ref = ObjectRef(len(data) + sum(memoryview(b).nbytes for b in oob))
         engine = self._engine
         assert engine is not None
-        if self.backend == "ray":  # once in Ray's object store (see _engines.ray.Stored)
-            from ._engines import ray as _ray
-
-            engine.add_ref(ref.id, (b"", [], _ray.Stored(self._ray, obj, ref.id)))
+        if self._store is not None:  # once in the cluster's store (see _engines.bridge.Stored)
+            engine.add_ref(ref.id, (b"", [], self._store(obj, ref.id)))
         else:
             engine.add_ref(ref.id, (data, *_to_shm(oob, self.backend == "local")))
         # (the engine weakly: a reference kept after the pool ended must not keep the pool's

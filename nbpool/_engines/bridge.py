@@ -32,6 +32,7 @@ from __future__ import annotations
 import array
 import collections
 import contextlib
+import itertools
 import os
 import socket
 import threading
@@ -57,7 +58,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["BridgedWorker", "connect_error", "enlarge", "host_port"]
+__all__ = [
+    "BridgedWorker",
+    "Stored",
+    "connect_error",
+    "enlarge",
+    "host_port",
+    "unstore",
+    "with_stored",
+]
 
 POLL_BUSY_S = 0.2  # how often a busy worker is asked which item it is on (and its output)
 POLL_IDLE_S = 1.0  # ... and an idle one, for its CPU and memory
@@ -95,6 +104,89 @@ def enlarge(fd: int) -> None:
         import fcntl
 
         fcntl.fcntl(fd, 1031, 1 << 20)
+
+
+# ----------------------------------------------------------------------------- object stores
+
+# A pool's shared objects (key: negative) and its pool.put objects (key: the ObjectRef's id)
+# live in the cluster's object store: Ray's (``ray.put``) or Dask's (``scatter``). The
+# dispatcher sends an empty placeholder buffer for each (``Hello.stored_shared``, a
+# ``RunChunk.refs`` entry with -1 buffers); the bridge thread puts the engine's handle there
+# (``with_stored``), and the cluster hands the remote side the object.
+_stored_keys = itertools.count(-1, -1)
+
+
+class Stored:
+    """An object in a cluster's object store, as long as the pool needs it (``close``).
+    An engine subclasses it with its own ``table`` (key -> the store's handle)."""
+
+    table: dict[int, Any]
+
+    def __init__(self, handle: Any, key: int | None = None) -> None:
+        self.key = next(_stored_keys) if key is None else key
+        self.table[self.key] = handle
+
+    def close(self) -> None:
+        self.table.pop(self.key, None)
+
+
+def stored_at(msg: Any, buffers: list[Any]) -> list[tuple[int, int]]:
+    """``(buffer index, key)`` of each object-store placeholder in a message's buffers."""
+    if isinstance(msg, Hello) and msg.stored_shared:
+        return [(msg.init_buffers, msg.stored_shared)]
+    if not isinstance(msg, RunChunk) or not any(n < 0 for _, n in msg.refs):
+        return []
+    out = []
+    at = len(buffers) - sum(max(n, 1) for _, n in msg.refs)
+    for ref_id, n in msg.refs:
+        if n < 0:
+            out.append((at, ref_id))
+        at += max(n, 1)
+    return out
+
+
+def with_stored(args: tuple[Any, ...], handle: Any) -> tuple[Any, ...]:
+    """``(msg, *buffers)`` with each placeholder replaced by ``handle(key)``."""
+    msg, buffers = args[0], list(args[1:])
+    for at, key in stored_at(msg, buffers):
+        buffers[at] = handle(key)
+    return (msg, *buffers)
+
+
+def unstore(msg: Any, buffers: list[Any], pickled: Any) -> tuple[Any, list[Any]]:
+    """The message for a worker process that reads pickles: each placeholder for which
+    ``pickled(placeholder)`` gives ``(data, out-of-band buffers, shared-memory segments or
+    None)`` replaced by that pickle; one for which it gives None is left as it is."""
+    places = stored_at(msg, buffers)
+    out: list[Any] = []
+    shm: list[tuple[int, int, int, str]] = []
+    done: dict[int, int] = {}  # key -> its buffers now
+    prev = 0
+    for at, key in places:
+        out += buffers[prev:at]
+        got = pickled(buffers[at])
+        if got is None:
+            out.append(buffers[at])
+        else:
+            data, oob, segments = got
+            if segments is not None:
+                from .._shm import describe
+
+                shm += describe(segments, offset=len(out) + 1)
+            out += [data, *oob]
+            done[key] = 1 + len(oob)
+        prev = at + 1
+    if not done:
+        return msg, buffers
+    out += buffers[prev:]
+    # (msg.shm is empty: a cluster's messages never name the caller's own segments)
+    if isinstance(msg, Hello):
+        return msg.replace(stored_shared=0, shm=tuple(shm)), out
+    refs = tuple((r, done.get(r, n)) if n < 0 else (r, n) for r, n in msg.refs)
+    return msg.replace(refs=refs, shm=tuple(shm)), out
+
+
+# ----------------------------------------------------------------------------- the worker
 
 
 class BridgedWorker(WorkerHandle):

@@ -12,6 +12,12 @@ bridge's calls to it (``_engines.bridge``, shared with the Ray engine)::
              ◄── pipes ───               ◄── poll every 0.2 s ─     └─ nbpool worker process
   kill() ─► actor.stop(): SIGKILL that process ─► the run call fails ─► EOF for the dispatcher
 
+Shared objects and ``pool.put`` objects are scattered into Dask's memory once (``Stored``).
+Before a slot's first message that needs one, a small task on the slot's Dask worker takes it
+(Dask fetches it there from whichever worker holds it, not from the caller) and pickles it once
+for all the worker processes that Dask worker hosts (``_engines.host``); the message names it.
+Should that task fail, the message carries the pickle from the caller, as before.
+
 Why actors and not one task per chunk: a task cannot be asked which item it is on, its output
 comes only at its end, and running code cannot be stopped short of restarting the Dask worker
 (seconds, and every other task on it). An actor's async methods run on the worker's event loop
@@ -29,18 +35,21 @@ import time
 import uuid
 
 from .._errors import BackendUnavailableError, ClusterConnectionError
+from . import bridge
 from .bridge import BridgedWorker, connect_error, host_port
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["DaskWorker", "check_processes", "connect"]
+__all__ = ["DaskWorker", "Stored", "check_processes", "connect"]
 
 INSTALL_HINT = "pip install 'nbpool[dask]'"
 CONNECT_TIMEOUT_S = 5.0  # the TCP check of the scheduler's port
 CLIENT_TIMEOUT_S = 10.0  # the Client's own connect
 PLACE_WAIT_S = 30.0  # how long a new slot waits for a free thread (a nanny restarting a worker)
+PLACE_CHECK_S = 1.0  # ... and how often it checks that the worker it waits on is still there
+FETCH_WAIT_S = 60.0  # how long a slot waits for its Dask worker to fetch a scattered object
 SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")
 
 
@@ -179,6 +188,60 @@ def check_processes(
     return processes
 
 
+# ----------------------------------------------------------------------------- Dask's memory
+
+# key -> (the Dask future of a scattered object, the object): shared objects and put objects.
+# The object itself is kept (no copy) for a slot whose Dask worker does not hold the key.
+_STORED: dict[int, tuple[Any, Any]] = {}
+_STORE_LOCK = threading.Lock()
+SENT_BY_CALLER = 0  # how many times a slot got a pickle from the caller instead (for the tests)
+
+
+class Stored(bridge.Stored):
+    """An object scattered to every Dask worker (see ``_engines.bridge.Stored``)."""
+
+    table = _STORED
+
+    def __init__(self, client: Any, obj: Any, key: int | None = None) -> None:
+        # Once, to one worker: not broadcast, which Dask's memory manager (ReduceReplicas, on
+        # by default) would undo within seconds. Workers fetch it when a slot needs it.
+        [future] = client.scatter([obj], hash=False)
+        self._client = client
+        super().__init__((future, obj), key)
+
+    def close(self) -> None:
+        got = self.table.pop(self.key, None)
+        if got is not None:
+            future = got[0]
+            future.release()  # (thread-safe: the Client's loop does it)
+            with contextlib.suppress(Exception):  # (a worker that is gone has forgotten it)
+                self._client.run(_forget_pickled, [future.key], wait=False)
+
+
+def _rescatter(client: Any, key: int) -> Any:
+    """Scatter a stored object again (Dask lost it); its new future."""
+    with _STORE_LOCK:
+        future, obj = _STORED[key]
+        if future.status != "finished":
+            [future] = client.scatter([obj], hash=False)
+            _STORED[key] = (future, obj)
+        return future
+
+
+def _pickle_on_worker(obj: Any, key: str) -> None:
+    """A task on a slot's Dask worker, given the scattered object (Dask brought it there): its
+    pickle, made once for all the worker processes this Dask worker hosts."""
+    from .host import keep_pickled
+
+    keep_pickled(key, obj)
+
+
+def _forget_pickled(keys: list[str]) -> None:
+    from .host import forget_pickled
+
+    forget_pickled(keys)
+
+
 # ----------------------------------------------------------------------------- the actor
 
 
@@ -276,6 +339,30 @@ class DaskWorker(BridgedWorker):
     def _place(self) -> None:
         deadline = time.monotonic() + PLACE_WAIT_S
         while True:
+            self._choose(deadline)
+            self._future = self._client.submit(
+                _DaskHost,
+                actor=True,
+                workers=[self._worker_address],
+                allow_other_workers=False,
+                pure=False,
+                key=f"nbpool-worker-{self.wid}-{uuid.uuid4().hex[:12]}",
+            )
+            actor = self._await_actor(deadline)
+            if actor is not None:
+                break
+            # Its Dask worker left before the actor started there (it had died, and the
+            # scheduler saw that only now): place it again, on a worker that is there.
+            self._release()
+        with self._kill_lock:
+            if self._killed:  # stopped while it was being placed: nothing else will free it
+                self._release()
+                raise RuntimeError("stopped while it was being placed")
+            self.actor = actor
+
+    def _choose(self, deadline: float) -> None:
+        """Take a free thread (and resources) of the Dask worker with the most of them."""
+        while True:
             workers = _workers(self._client)
             with _LOCK:
                 free = {a: _room(a, n, has, self._need) for a, (n, has) in workers.items()}
@@ -287,28 +374,29 @@ class DaskWorker(BridgedWorker):
                         held[name] = held.get(name, 0) + amount
                     self._worker_address = best
                     self._placed()
-                    break
+                    return
             if time.monotonic() > deadline or self._stopped:
                 raise RuntimeError(
                     f"no free Dask worker thread{' with ' + str(self._need) if self._need else ''}"
                     f" within {PLACE_WAIT_S:.0f} s"
                 )
             time.sleep(0.1)
-        self._future = self._client.submit(
-            _DaskHost,
-            actor=True,
-            workers=[self._worker_address],
-            allow_other_workers=False,
-            pure=False,
-            key=f"nbpool-worker-{self.wid}-{uuid.uuid4().hex[:12]}",
-        )
-        with self._client.as_current():  # the actor handle binds to our Client
-            actor = self._future.result(timeout=PLACE_WAIT_S)
-        with self._kill_lock:
-            if self._killed:  # stopped while it was being placed: nothing else will free it
-                self._release()
-                raise RuntimeError("stopped while it was being placed")
-            self.actor = actor
+
+    def _await_actor(self, deadline: float) -> Any:
+        """The actor once it runs; None if its Dask worker left the cluster meanwhile."""
+        while True:
+            try:
+                with self._client.as_current():  # the actor handle binds to our Client
+                    return self._future.result(timeout=PLACE_CHECK_S)
+            except TimeoutError:
+                pass
+            if time.monotonic() > deadline or self._stopped:
+                raise RuntimeError(
+                    f"the Dask worker {self._worker_address} did not start this worker within "
+                    f"{PLACE_WAIT_S:.0f} s"
+                )
+            if self._worker_address not in _workers(self._client):
+                return None
 
     def _call(self, method: str, *args: Any) -> Any:
         actor = self.actor
@@ -319,10 +407,76 @@ class DaskWorker(BridgedWorker):
             failed.set_exception(RuntimeError("the actor was stopped"))
             return failed
 
+        if method in ("hello", "run"):
+            args = self._with_scattered(args)
+
         async def call() -> Any:
             return await getattr(actor, method)(*args)
 
         return asyncio.run_coroutine_threadsafe(call(), self._loop)
+
+    def _with_scattered(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``(msg, *buffers)`` with each object-store placeholder replaced by ``Scattered``,
+        once this slot's Dask worker holds the object's pickle (``_pickle_on_worker``), or by
+        the pickle itself if that failed."""
+        from .host import Scattered
+
+        msg, buffers = args[0], list(args[1:])
+        places = bridge.stored_at(msg, buffers)
+        if not places:
+            return args
+        there = self._fetch({key for _, key in places})
+        stored = {key: _STORED[key] for _, key in places}
+        objects = {future.key: obj for future, obj in stored.values()}
+        for at, key in places:
+            buffers[at] = Scattered(stored[key][0].key)
+
+        def pickled(placeholder: Any) -> Any:
+            from .._worker.serialize import dumps_data
+
+            if placeholder.key in there:
+                return None  # (its Dask worker holds the pickle)
+            global SENT_BY_CALLER
+            SENT_BY_CALLER += 1
+            data, oob = dumps_data(objects[placeholder.key])
+            return data, [bytes(b) for b in oob], None
+
+        msg, buffers = bridge.unstore(msg, buffers, pickled)
+        return (msg, *buffers)
+
+    def _fetch(self, keys: set[int]) -> set[str]:
+        """The Dask keys of those stored objects whose pickle this slot's Dask worker holds now
+        (each fetched with a task there: ``_pickle_on_worker``). An object Dask lost (the only
+        worker that held it left) is scattered again, from the caller's reference to it."""
+        there: set[str] = set()
+        for attempt in range(2):
+            tasks = {}
+            for key in keys:
+                future = _STORED[key][0]
+                if attempt and future.status != "finished":
+                    future = _rescatter(self._client, key)
+                tasks[future.key] = self._client.submit(
+                    _pickle_on_worker,
+                    future,
+                    future.key,
+                    workers=[self._worker_address],
+                    allow_other_workers=False,
+                    pure=False,
+                    key=f"nbpool-fetch-{uuid.uuid4().hex[:12]}",
+                )
+            deadline = time.monotonic() + FETCH_WAIT_S
+            while time.monotonic() < deadline and not self._stopped:
+                if all(task.done() for task in tasks.values()):
+                    break
+                time.sleep(0.005)
+            done = {k for k, task in tasks.items() if task.status == "finished"}
+            with contextlib.suppress(Exception):
+                self._client.cancel(list(tasks.values()), force=True)
+            there |= done
+            keys = {key for key in keys if _STORED[key][0].key not in done}
+            if not keys or self._stopped:
+                break
+        return there
 
     def _wait(self, refs: list[Any], timeout: float) -> list[Any]:
         done, _ = concurrent.futures.wait(

@@ -15,6 +15,13 @@ the bridge's calls to it::
 So a stop takes milliseconds and touches nothing else on the node, C-level output is captured,
 and the exit status of a dead worker is known, as on this machine.
 
+Shared objects and ``pool.put`` objects were scattered by the pool into Dask's memory. Before
+a message names one (``Scattered``), a task on this Dask worker got it from Dask and pickled it
+once for all the worker processes of this Dask worker (``keep_pickled``), its large buffers in
+shared memory (``nbpool._shm``: each process maps them, as local workers map the caller's)::
+
+  Dask (any worker) ─► task here: keep_pickled (memfd) ─► message names it ─► each process maps it
+
 ``hello`` and ``run`` block (they wait for the process) and are called one at a time;
 ``poll``, ``cancel`` and ``stop`` may be called while one waits (from another thread).
 """
@@ -28,12 +35,13 @@ import time
 
 from .._driver.handle import describe_exit
 from .._worker.protocol import STAGE_IDLE, Cancel, LogRecord, Ready
+from .bridge import unstore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Host", "WorkerExited"]
+__all__ = ["Host", "Scattered", "WorkerExited", "forget_pickled", "keep_pickled"]
 
 
 class WorkerExited(RuntimeError):
@@ -45,6 +53,56 @@ class WorkerExited(RuntimeError):
 
     def __reduce__(self) -> Any:
         return (WorkerExited, (str(self), self.code))
+
+
+class Scattered:
+    """In a message's buffers: the object Dask holds under ``key``, whose pickle this Dask
+    worker made (``keep_pickled``) before the message was sent."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __reduce__(self) -> Any:
+        return (Scattered, (self.key,))
+
+
+# Dask key -> the scattered object pickled for this Dask worker's worker processes, its large
+# buffers in shared memory: made once, by the first slot that needs it, forgotten when the pool
+# releases the object (processes that mapped the memory keep their mapping).
+_PICKLED: dict[str, tuple[bytes, list[Any], Any]] = {}
+_PICKLED_LOCK = threading.Lock()
+
+
+def keep_pickled(key: str, obj: Any) -> None:
+    from .. import _shm
+    from .._worker.serialize import dumps_data
+
+    with _PICKLED_LOCK:
+        if key in _PICKLED:
+            return
+        data, oob = dumps_data(obj)
+        if _shm.available() and any(memoryview(b).nbytes >= _shm.SHM_MIN for b in oob):
+            _PICKLED[key] = (data, *_shm.share(oob))
+        else:
+            _PICKLED[key] = (data, list(oob), None)
+
+
+def forget_pickled(keys: list[str]) -> None:
+    with _PICKLED_LOCK:
+        for key in keys:
+            got = _PICKLED.pop(key, None)
+            if got is not None and got[2] is not None:
+                got[2].close()
+
+
+def _pickled(placeholder: Any) -> tuple[bytes, list[Any], Any]:
+    with _PICKLED_LOCK:
+        got = _PICKLED.get(placeholder.key)
+    if got is None:  # (the slot's task made it just before: this Dask worker was restarted)
+        raise WorkerExited(f"its Dask worker lost {placeholder.key}", None)
+    return got
 
 
 class Host:
@@ -66,6 +124,7 @@ class Host:
     def hello(self, hello: Any, buffers: list[Any]) -> tuple[Any, list[Any], tuple[Any, ...]]:
         from .local import Worker
 
+        hello, buffers = unstore(hello, buffers, _pickled)
         w = self._worker = Worker(hello.worker_id, self._lifeline[0])
         for fd in w.out_fds:
             os.set_blocking(fd, False)
@@ -76,6 +135,7 @@ class Host:
         return reply, [], self._drain()
 
     def run(self, msg: Any, buffers: list[Any]) -> tuple[Any, list[Any], tuple[Any, ...]]:
+        msg, buffers = unstore(msg, buffers, _pickled)
         self._send(msg, buffers)
         reply, out = self._reply()
         # The cluster's serializer moves bytes; PickleBuffers (results out of band) become bytes.

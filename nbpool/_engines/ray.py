@@ -22,7 +22,6 @@ from __future__ import annotations
 import array
 import contextlib
 import functools
-import itertools
 import os
 import sys
 import threading
@@ -31,6 +30,7 @@ import time
 from .._errors import BackendUnavailableError, ClusterConnectionError
 from .._worker.protocol import STAGE_IDLE, Hello, RunChunk
 from .._worker.runner import Runner, flush_std
+from . import bridge
 from .bridge import BridgedWorker, connect_error, enlarge, host_port
 
 TYPE_CHECKING = False
@@ -317,37 +317,19 @@ def _actor_class(ray: Any) -> Any:
 
 # ----------------------------------------------------------------------------- object store
 
-# key -> ray.ObjectRef: pool.put objects (key: the nbpool ObjectRef's id) and pools' shared
-# objects (key: negative), put once in Ray's object store. Messages name the key; the bridge
-# thread passes the ObjectRef in its place, and Ray hands the actor the object (each node
-# holds one copy; numpy arrays are read from it without a copy, read-only).
+# key -> ray.ObjectRef: shared objects and pool.put objects, put once in Ray's object store.
+# The bridge thread passes the ObjectRef for the message's placeholder, and Ray hands the actor
+# the object (each node holds one copy; numpy arrays are read from it without a copy, read-only).
 _STORED: dict[int, Any] = {}
-_shared_keys = itertools.count(-1, -1)
 
 
-class Stored:
-    """An object in Ray's object store, as long as the pool needs it (``close``)."""
+class Stored(bridge.Stored):
+    """An object in Ray's object store (see ``_engines.bridge.Stored``)."""
+
+    table = _STORED
 
     def __init__(self, ray: Any, obj: Any, key: int | None = None) -> None:
-        self.key = next(_shared_keys) if key is None else key
-        _STORED[self.key] = ray.put(obj)
-
-    def close(self) -> None:
-        _STORED.pop(self.key, None)
-
-
-def _with_stored(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``(msg, *buffers)`` with each object-store placeholder replaced by its ObjectRef."""
-    msg, buffers = args[0], list(args[1:])
-    if isinstance(msg, Hello) and msg.stored_shared:
-        buffers[msg.init_buffers] = _STORED[msg.stored_shared]
-    elif isinstance(msg, RunChunk) and any(n < 0 for _, n in msg.refs):
-        at = len(buffers) - sum(max(n, 1) for _, n in msg.refs)
-        for ref_id, n in msg.refs:
-            if n < 0:
-                buffers[at] = _STORED[ref_id]
-            at += max(n, 1)
-    return (msg, *buffers)
+        super().__init__(ray.put(obj), key)
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -392,7 +374,7 @@ class RayWorker(BridgedWorker):
 
     def _call(self, method: str, *args: Any) -> Any:
         if method in ("hello", "run"):
-            args = _with_stored(args)
+            args = bridge.with_stored(args, _STORED.__getitem__)
         return getattr(self.actor, method).remote(*args)
 
     def _wait(self, refs: list[Any], timeout: float) -> list[Any]:

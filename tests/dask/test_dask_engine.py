@@ -171,6 +171,56 @@ def test_a_dask_worker_that_leaves_fails_only_its_item_and_the_pool_goes_on(dask
     assert wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, 30)
 
 
+def _scheduler_has(cluster, keys: list[str]) -> list[str]:
+    from nbpool._engines import dask as _dask
+
+    def has(dask_scheduler=None, keys=()):
+        return [k for k in keys if k in dask_scheduler.tasks]
+
+    return _dask._CLIENTS[cluster.address].run_on_scheduler(has, keys=keys)
+
+
+def _sum_all(shared, extra):
+    time.sleep(0.1)  # (so that both slots take items)
+    return nbpool.current_worker().node, float(shared["a"].sum() + extra.sum())
+
+
+def test_scattered_objects_reach_every_slot_even_when_dask_loses_them(dask_cluster):
+    """Shared objects and put() objects are scattered once; each slot's Dask worker fetches
+    them from Dask (never from the caller). When every Dask worker that held one dies, the pool
+    scatters it again: the results are the same. Closing the pool releases them."""
+    np = pytest.importorskip("numpy")
+    from nbpool._engines import dask as _dask
+
+    client = _dask._CLIENTS[dask_cluster.address]
+    big = np.arange(500_000.0)  # 4 MB: the Dask workers' hosts put it in shared memory
+    expect = float(big.sum()) + 300_000.0
+    sent = _dask.SENT_BY_CALLER
+    with nbpool.Pool(2, address=dask_cluster.address, shared_objects={"a": big}, retries=1) as pool:
+        ref = pool.put(np.ones(300_000))
+        got = pool.starmap(_sum_all, [(ref,)] * 4, 1)
+        assert [x for _, x in got] == [expect] * 4 and len({node for node, _ in got}) == 2
+        futures = [future for future, _ in _dask._STORED.values()]
+        keys = [future.key for future in futures]
+        assert len(futures) == 2
+        holders = client.who_has(futures)[keys[0]]  # of the shared objects
+        pids = client.run(os.getpid, workers=list(holders))
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        lost = futures[0]
+        assert wait_until(lambda: lost.status != "finished", 30)  # Dask lost it
+        assert wait_until(lambda: len(client.scheduler_info()["workers"]) == 2, 30)
+        got = pool.starmap(_sum_all, [(ref,)] * 8, 1)
+        # both Dask workers ran items, one of them restarted, each with its objects
+        assert [x for _, x in got] == [expect] * 8 and len({node for node, _ in got}) == 2
+        assert sent == _dask.SENT_BY_CALLER  # every slot got them from Dask
+        keys = [future.key for future, _ in _dask._STORED.values()]
+        del ref
+    assert _dask._STORED == {}
+    assert wait_until(lambda: _scheduler_has(dask_cluster, keys) == [])
+    assert wait_until(lambda: _nbpool_keys(dask_cluster) == [])
+
+
 LOSE = """
 import sys, time, nbpool
 def slow(x):

@@ -397,8 +397,9 @@ def _array_task(wid, shared, x):
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux /proc")
 def test_large_arrays_in_shared_objects_and_put_are_shared_not_copied(engine):
     """On this machine the large buffers of shared objects and put() objects are in shared
-    memory (memfd, mapped by each worker, never a file in /dev/shm); on a cluster each worker
-    gets its copy. Either way: the same values, and a task's writes stay in its worker."""
+    memory (memfd, mapped by each worker, never a file in /dev/shm); on Ray they are in its
+    object store, on Dask scattered to each Dask worker, which maps them into its processes.
+    Either way: the same values, and a task's writes stay in its worker."""
     np = pytest.importorskip("numpy")
     big = np.arange(1_000_000, dtype=np.float64)  # 8 MB
     before = _memfd_links()
@@ -416,14 +417,19 @@ def test_large_arrays_in_shared_objects_and_put_are_shared_not_copied(engine):
         assert big[0] == 0.0
         ones = pool.put(np.ones(500_000))
         assert pool.starmap(lambda wid, sh, a: float(a.sum()), [(ones,)] * 2) == [500_000.0] * 2
-        if "ray_address" in engine:  # both in Ray's object store, once
-            from nbpool._engines import ray as store
+        store = None
+        if on_cluster(engine):  # both in the cluster's store, once (Ray's, Dask's memory)
+            from nbpool._engines import dask, ray
 
+            store = ray if "ray_address" in engine else dask
             assert ones.id in store._STORED and any(k < 0 for k in store._STORED)
-        if not on_cluster(engine):
+        else:
             assert len(_memfd_links()) == len(before) + 2  # the caller holds two segments
+        if "ray_address" not in engine:
             for _wid, pid, *_ in got[:1]:
-                assert _memfd_links(pid)  # it maps the caller's segments
+                # it maps the caller's segments (on Dask: those its Dask worker made of the
+                # scattered object, once for all of that worker's processes)
+                assert _memfd_links(pid)
         ref_id = ones.id
         del ones
         import gc
@@ -435,6 +441,6 @@ def test_large_arrays_in_shared_objects_and_put_are_shared_not_copied(engine):
         if not on_cluster(engine):
             assert len(_memfd_links()) == len(before) + 1  # the put segment is closed
     assert _memfd_links() == before  # and the shared objects' with the pool
-    if "ray_address" in engine:
-        assert store._STORED == {}  # released from Ray's object store
+    if store is not None:
+        assert store._STORED == {}  # released from the cluster's store
     assert set(os.listdir("/dev/shm")) - shm_files == set()
