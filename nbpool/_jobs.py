@@ -229,13 +229,14 @@ _DROPPED = _Dropped()
 class Chunk:
     """Items of a job sent to a worker; kept until they are back (resent if the worker dies)."""
 
-    __slots__ = ("chunk_id", "items", "job", "start", "track")
+    __slots__ = ("chunk_id", "items", "job", "segments", "start", "track")
 
     def __init__(
         self, job: Job, chunk_id: int, start: int, items: Any, track: int = TRACK_INDEX
     ) -> None:
         self.job, self.chunk_id, self.start, self.items = job, chunk_id, start, items
         self.track = track  # _worker.protocol.TRACK_*: what the worker writes in its slot
+        self.segments: Any = None  # _shm.Segments of its large arguments, until it is back
 
     @property
     def count(self) -> int:

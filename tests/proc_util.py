@@ -90,3 +90,10 @@ def kill_leftovers(leaders: list, rest: set[int]) -> None:
     for proc in leaders:
         if proc.poll() is None:
             proc.wait(10)
+
+
+def dev_shm_files() -> set[str]:
+    """Names in /dev/shm that nbpool could have left (it never makes any: its shared memory is
+    anonymous). POSIX semaphores (``sem.*``), which other programs on the machine create and
+    remove as they run (multiprocessing's locks), are not counted."""
+    return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}

@@ -30,6 +30,9 @@ class WorkerHandle:
 
     pid = 0
     in_process = False  # a thread of the caller (_engines.threads): items are not pickled
+    # a process on this machine that can map this process's shared memory, and whose shared
+    # memory this process can map (``nbpool._shm``): large arguments and results go that way
+    maps_memory = False
     host = ""  # "" for this machine
     node = ""  # a cluster node's id ("" for this machine)
     pidfd: int | None = None

@@ -19,6 +19,7 @@ from .._worker.protocol import (
     ItemFailure,
     LogRecord,
     Ready,
+    Release,
     UnreadableMessage,
     readable,
 )
@@ -27,6 +28,10 @@ from .._worker.serialize import loads_data
 from .handle import WorkerHandle as Worker
 from .output import PARTIAL_LINE_S, LineBuffer, OutputTarget, forward_log_record
 from .state import EngineState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class InboxMixin(EngineState):
@@ -112,6 +117,8 @@ class InboxMixin(EngineState):
         chunk = w.inflight.pop((job_id, chunk_id), None)
         if chunk is not None:
             chunk.job.inflight -= 1
+            if chunk.segments is not None:
+                chunk.segments.close()
         return chunk
 
     def _on_chunk_done(self, w: Worker, msg: ChunkDone, buffers: list[bytearray]) -> None:
@@ -125,6 +132,10 @@ class InboxMixin(EngineState):
             job.record_time(chunk.count, msg.elapsed)
             self._slot_done[w.wid] += chunk.count
             failures: dict[int, BaseException] = {}
+            if msg.shm and not self._map_results(w, msg, buffers):
+                # it died before we mapped them: its results died with it; run it again
+                self._requeue(job, chunk.start, chunk.items)
+                return
             try:
                 values = loads_data(buffers[0], buffers[1:])
             except Exception as exc:
@@ -144,6 +155,20 @@ class InboxMixin(EngineState):
         self._maybe_finish(job)
         if w.budget == 0 and not w.inflight and not w.retiring:
             self._retire(w)
+
+    def _map_results(self, w: Worker, msg: ChunkDone, buffers: list[Any]) -> bool:
+        """Map the worker's result segments into ``buffers``, then let it close them.
+        False if they are gone (the worker died after it sent ChunkDone)."""
+        from .._shm import attach
+
+        try:
+            attach(buffers, msg.shm, w.pid, many=True)
+            return True
+        except (OSError, RuntimeError):
+            return False
+        finally:
+            if not w.dead:
+                self._send(w, Release(tuple((fd, name) for _, fd, _, name in msg.shm)))
 
     def _insights_chunk(self, w: Worker, msg: ChunkDone, chunk: Chunk) -> None:
         assert self.insights is not None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from .._errors import add_note
 from .._jobs import Chunk, Job
-from .._shm import Segments
+from .._shm import SHM_MIN, Segments, share
+from .._shm import available as shm_available
 from .._shm import describe as describe_shm
 from .._worker.functions import FnPayload
 from .._worker.protocol import (
@@ -114,6 +115,13 @@ class SchedulingMixin(EngineState):
         ref_buffers: list[Any] = []
         refs: tuple[tuple[int, int], ...] = ()
         shm: tuple[tuple[int, int, int, str], ...] = ()
+        segments = None
+        if w.maps_memory and any(memoryview(b).nbytes >= SHM_MIN for b in oob) and shm_available():
+            # Large arguments (arrays, bytes): one copy into shared memory that the worker maps,
+            # none through its socket. Closed when the chunk is back (or lost): the worker has
+            # mapped them by then.
+            oob, segments = share(oob)
+            shm = describe_shm(segments, offset=1)
         if ref_ids:
             unknown = [r for r in ref_ids if r not in self.refs]
             if unknown:
@@ -151,6 +159,7 @@ class SchedulingMixin(EngineState):
         payload = self._fn_for(job, w)
         job.next_chunk_id += 1
         chunk = Chunk(job, job.next_chunk_id, start, items, track)
+        chunk.segments = segments
         levels = None if w.log_levels == job.log_levels else job.log_levels
         w.log_levels = job.log_levels
         msg = RunChunk(

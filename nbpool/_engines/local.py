@@ -55,6 +55,8 @@ def _shared_slot() -> tuple[int, mmap.mmap]:
 class Worker(WorkerHandle):
     """A local worker process."""
 
+    maps_memory = True
+
     def __init__(self, wid: int, lifeline: int, start_method: str = "spawn") -> None:
         super().__init__(wid)
         ch, child_end = channel_pair()

@@ -38,6 +38,7 @@ from .._worker.protocol import (
     Channel,
     Hello,
     InitFailed,
+    Release,
     RunChunk,
     Shutdown,
     readable,
@@ -85,7 +86,7 @@ def _watch_parent(lifeline: int) -> None:
         exit_with_tree(0)
 
 
-def _take(ch: Channel, pending: deque, cancelled: set[int]) -> None:
+def _take(ch: Channel, pending: deque, runner: Runner) -> None:
     """Move messages from the socket to ``pending``: wait while there is nothing to run, then
     take every message already there. Cancels are noted at once, ahead of the chunks queued
     before them. A Cancel can arrive while we wait for work (the kernel sent it before it read
@@ -98,7 +99,9 @@ def _take(ch: Channel, pending: deque, cancelled: set[int]) -> None:
         except (EOFError, OSError):
             exit_with_tree(0)  # the caller closed our socket or died
         if isinstance(msg, Cancel):
-            cancelled.add(msg.job_id)
+            runner.cancelled.add(msg.job_id)
+        elif isinstance(msg, Release):  # (results the caller has mapped: no need to wait)
+            runner.release(msg.fds)
         else:
             pending.append((msg, buffers))
 
@@ -131,7 +134,7 @@ def main() -> None:
 
     pending: deque = deque()
     while True:
-        _take(ch, pending, runner.cancelled)
+        _take(ch, pending, runner)
         msg, buffers = pending.popleft()
         if isinstance(msg, Shutdown):
             done, out = runner.exit()  # the worker_exit hook, if any

@@ -38,6 +38,7 @@ __all__ = [
     "ItemFailure",
     "LogRecord",
     "Ready",
+    "Release",
     "RunChunk",
     "Shutdown",
 ]
@@ -71,6 +72,9 @@ class Hello(Message):
     # the shared objects are in Ray's object store under this key: buffers[init_buffers] is
     # the object itself (the bridge passes its ObjectRef, Ray resolves it; _engines.ray.Stored)
     stored_shared: int = 0
+    # large result buffers go back in the worker's shared memory (ChunkDone.shm): the caller
+    # maps them (a worker on the caller's machine, under the caller's eyes: see nbpool._shm)
+    results_shm: bool = False
 
 
 # How many distinct functions a worker keeps loaded; the caller mirrors this LRU exactly.
@@ -109,6 +113,13 @@ class Cancel(Message):
 
     worker_id: int
     job_id: int
+
+
+class Release(Message):
+    """The caller has mapped these result segments (ChunkDone.shm): close them (handled by
+    the worker's reader, ahead of queued chunks)."""
+
+    fds: tuple[tuple[int, str], ...]
 
 
 class Shutdown(Message):
@@ -175,6 +186,9 @@ class ChunkDone(Message):
     failures: tuple[ItemFailure, ...] = ()
     skipped: bool = False  # the job was cancelled before this chunk started: nothing ran
     slowest: tuple[tuple[int, float], ...] = ()  # TRACK_INSIGHTS: (index, seconds), slowest first
+    # result buffers in the worker's shared memory (Hello.results_shm): (index, fd, size, name);
+    # the worker keeps each open until the caller's Release
+    shm: tuple[tuple[int, int, int, str], ...] = ()
 
 
 class ChunkLoadFailed(Message):

@@ -229,6 +229,8 @@ class Runner:
         self.thread = thread
         self.slot = slot
         self.caller = 0  # the caller's pid (Hello): whose /proc fds hold shared memory
+        self.results_shm = False  # Hello.results_shm: large result buffers in shared memory
+        self._held: dict[tuple[int, str], int] = {}  # (fd, name) of those the caller may map
         self.wid = -1
         self.fns: OrderedDict[bytes, Any] = OrderedDict()
         self.cancelled: set[int] = set()
@@ -251,6 +253,7 @@ class Runner:
 
         wid = self.wid = hello.worker_id
         self.caller = parent
+        self.results_shm = hello.results_shm
         host, node = host or hello.host, node or hello.node
         if self.thread:
             import socket
@@ -370,8 +373,37 @@ class Runner:
         slot[2] = STAGE_PICKLING
         data, out = _pack_results(results, failures, msg.start)
         del results
+        shm: tuple[tuple[int, int, int, str], ...] = ()
+        if self.results_shm and out:
+            out, shm = self._share(out)
         elapsed = time.perf_counter() - t0
         flush_std()  # a partial line too: the kernel reads the output when ChunkDone comes
         # (slot[2] stays STAGE_PICKLING until the transport has sent the results)
-        done = ChunkDone(wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures), False, slowest)
+        done = ChunkDone(
+            wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures), False, slowest, shm
+        )
         return done, [data, *out]
+
+    def _share(self, out: list[Any]) -> tuple[list[Any], tuple[tuple[int, int, int, str], ...]]:
+        """Large result buffers into shared memory (``nbpool._shm``), which the caller maps:
+        one copy here, none through the socket. Each memfd stays open until the caller's
+        ``Release`` (it maps them when it reads ChunkDone); if this process dies first, the
+        caller runs the chunk again."""
+        from .. import _shm
+
+        if not any(memoryview(b).nbytes >= _shm.SHM_MIN for b in out):
+            return out, ()
+        out, segments = _shm.share(out)
+        for fd, _, name in segments.fds.values():
+            self._held[(fd, name)] = fd
+        described = _shm.describe(segments, offset=1)
+        segments.fds = {}  # (ours to close now: release)
+        return out, described
+
+    def release(self, fds: tuple[tuple[int, str], ...]) -> None:
+        import os
+
+        for key in fds:
+            fd = self._held.pop(tuple(key), None)  # type: ignore[arg-type]
+            if fd is not None:
+                os.close(fd)

@@ -13,6 +13,7 @@ import time
 import nbfuncs as f
 import pytest
 from conftest import on_cluster
+from proc_util import dev_shm_files
 
 import nbpool
 
@@ -403,7 +404,7 @@ def test_large_arrays_in_shared_objects_and_put_are_shared_not_copied(engine):
     np = pytest.importorskip("numpy")
     big = np.arange(1_000_000, dtype=np.float64)  # 8 MB
     before = _memfd_links()
-    shm_files = set(os.listdir("/dev/shm"))
+    shm_files = dev_shm_files()
     with nbpool.Pool(2, shared_objects={"a": big}, pass_worker_id=True, **engine) as pool:
         got = pool.map(_array_task, range(6), 1)
         total = float(big[1:].sum())
@@ -443,4 +444,4 @@ def test_large_arrays_in_shared_objects_and_put_are_shared_not_copied(engine):
     assert _memfd_links() == before  # and the shared objects' with the pool
     if store is not None:
         assert store._STORED == {}  # released from the cluster's store
-    assert set(os.listdir("/dev/shm")) - shm_files == set()
+    assert dev_shm_files() - shm_files == set()

@@ -69,7 +69,7 @@ def test_backend_ray_uses_the_connection_ray_init_made(ray_head):
     with nbpool.Pool(backend="ray") as pool:
         assert pool.backend == "ray"
         assert pool.apply(f.sq, (7,)) == 49
-        assert wait_until(lambda: len(pool._engine.worker_pids()) == 2)  # both actors ready
+        assert wait_until(lambda: len(pool._engine.worker_pids()) == 2, 30)  # both actors ready
         rows = pool._engine._snapshot(None, time.monotonic(), "running", _view())["workers"]
         assert {r["host"] for r in rows} == {"127.0.0.1"}
 
