@@ -67,9 +67,13 @@ tour: $(BIN)/.installed
 lab: $(BIN)/.installed
 	$(BIN)/jupyter lab --ip=127.0.0.1 notebooks/tour.ipynb
 
+# run.py also writes results/latest.json and draws results/ratios.png; plot.py redraws it from
+# that JSON (the table and the plot show the same numbers).
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/dashboard.py
+	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/plot.py
 
 # nbpool against Ray's Pool and Dask's client.map on a Ray head and a Dask cluster it starts on 127.0.0.1.
 bench-cluster: $(BIN)/.installed

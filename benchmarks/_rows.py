@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import _libs
-from _tasks import echo, nap, spin, sq
+from _tasks import echo, make_ones, nap, nap_numpy, spin, sq, total
 
 
 class WrongResult(Exception):
@@ -124,12 +124,79 @@ def row_numpy(runner: _libs.Adapter, p: dict) -> tuple[Callable[[], float], list
     return once, []
 
 
+def numpy_everywhere(runner: _libs.Adapter) -> None:
+    """Every worker imports numpy before the timing (sleeping tasks reach every worker)."""
+    runner.map(nap_numpy, [0.25] * (2 * _libs.WORKERS), 1)
+
+
+def np_arrays(count: int, n: int) -> list:
+    """``count`` float64 arrays of ``n`` items, array k full of k (so a result names its array)."""
+    import numpy as np
+
+    return [np.full(n, float(k)) for k in range(count)]
+
+
+def row_np_sum(runner: _libs.Adapter, p: dict) -> tuple[Callable[[], float], list[str]]:
+    """Arrays as arguments, a float back: the data travels one way (to the workers)."""
+    count, n = p["np_count"], p["np_mib"] * 2**20 // 8
+    arrays = np_arrays(count, n)
+    numpy_everywhere(runner)
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        r = runner.map(total, arrays, 1)
+        dt = time.perf_counter() - t0
+        check(list(r) == [float(k * n) for k in range(count)], "np_sum: sums")
+        return dt
+
+    return once, []
+
+
+def row_np_apply(runner: _libs.Adapter, p: dict) -> tuple[Callable[[], float], list[str]]:
+    """One big array as the argument of apply; a float back."""
+    import numpy as np
+
+    n = p["np_big_n"]
+    arr = np.ones(n)
+    numpy_everywhere(runner)
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        r = runner.apply(total, (arr,))
+        dt = time.perf_counter() - t0
+        check(r == float(n), f"np_apply: sum {r!r}")
+        return dt
+
+    return once, []
+
+
+def row_np_return(runner: _libs.Adapter, p: dict) -> tuple[Callable[[], float], list[str]]:
+    """A big array made in the worker and returned: the data travels back only."""
+    n = p["np_big_n"]
+    numpy_everywhere(runner)
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        r = runner.apply(make_ones, (n,))
+        dt = time.perf_counter() - t0
+        step = max(1, n // 1000)
+        check(r.shape == (n,) and r.dtype.kind == "f", f"np_return: shape {r.shape}")
+        check(r[-1] == 1.0 and float(r[::step].sum()) == len(range(0, n, step)), "np_return")
+        del r
+        return dt
+
+    return once, []
+
+
 ROWS = {
     "map": row_map,
     "imap": row_imap,
     "apply": row_apply,
     "cpu": row_cpu,
     "numpy": row_numpy,
+    "np_sum": row_np_sum,
+    "np_apply": row_np_apply,
+    "np_return": row_np_return,
 }
 
 
@@ -139,9 +206,23 @@ def rss_row(runner: _libs.Adapter) -> dict[str, Any]:
     time.sleep(0.5)  # let workers settle after the warm-up
     mb = 1e6
     pids = runner.pids()
+    me = psutil.Process()
+    # Processes the pool started besides its workers (a resource tracker; Ray's GCS, raylet,
+    # agents and idle workers): not in the rows, given in the notes.
+    others = [c for c in me.children(recursive=True) if c.pid not in pids]
+    other_mb = 0.0
+    for c in others:
+        try:
+            other_mb += c.memory_info().rss / mb
+        except psutil.Error:
+            pass
+    notes = []
+    if others:
+        notes.append(f"{len(others)} other process(es) of the pool, not counted: {other_mb:.0f} MB")
     return {
-        "caller_mb": psutil.Process().memory_info().rss / mb,
+        "caller_mb": me.memory_info().rss / mb,
         "workers_mb": [psutil.Process(pid).memory_info().rss / mb for pid in pids],
+        "notes": notes,
     }
 
 
@@ -170,18 +251,24 @@ def main() -> None:
         runner.start()
         notes = warm_up(runner)
         if row == "rss":
-            out = {**rss_row(runner), "notes": notes}
+            out = rss_row(runner)
+            out["notes"] = notes + out["notes"]
         else:
             out = {"notes": serve(runner, row, params, notes)}
     except BaseException as e:
         traceback.print_exc(file=sys.stderr)
         reason = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+        try:
+            runner.close()  # stop a local Ray, remove our folder; the runner kills the rest
+        except Exception:
+            pass
         print(f"@@ERROR {reason[:120]}", flush=True)
         raise SystemExit(1) from None
-    try:
-        runner.stop()
-    except Exception as e:  # a peer that fails to shut down still produced its timings
-        out["notes"].append(f"shutdown failed: {type(e).__name__}: {e}"[:120])
+    for step in (runner.stop, runner.close):
+        try:
+            step()
+        except Exception as e:  # a peer that fails to shut down still produced its timings
+            out["notes"].append(f"shutdown failed: {type(e).__name__}: {e}"[:120])
     print("@@RESULT " + json.dumps(out), flush=True)
 
 
