@@ -242,13 +242,7 @@ def _to_shm(buffers: list[Any], local: bool) -> tuple[list[Any], Any]:
     on this machine; and their segments (None when none moved)."""
     from . import _shm
 
-    if (
-        not local
-        or not _shm.available()
-        or not any(memoryview(b).nbytes >= _shm.SHM_MIN for b in buffers)
-    ):
-        return list(buffers), None
-    return _shm.share(buffers)
+    return _shm.share(buffers) if local else (list(buffers), None)
 
 
 def _check_resources(resources: Any, backend: str) -> dict[str, float] | None:

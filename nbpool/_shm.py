@@ -65,9 +65,12 @@ class Segments:
                 pass
 
 
-def share(buffers: list[Any]) -> tuple[list[Any], Segments]:
+def share(buffers: list[Any]) -> tuple[list[Any], Segments | None]:
     """Move each buffer of ``SHM_MIN`` bytes or more into a memfd. Returns the buffer list with
-    ``b""`` where a buffer went to shared memory, and the segments (index into that list)."""
+    ``b""`` where a buffer went to shared memory, and the segments (index into that list); or
+    the buffers as they are and None when none is that large or this system has no memfd."""
+    if not any(memoryview(b).nbytes >= SHM_MIN for b in buffers) or not available():
+        return list(buffers), None
     segments = Segments()
     out: list[Any] = []
     try:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from .._errors import add_note
 from .._jobs import Chunk, Job
-from .._shm import SHM_MIN, Segments, share
-from .._shm import available as shm_available
+from .._shm import Segments, share
 from .._shm import describe as describe_shm
 from .._worker.functions import FnPayload
 from .._worker.protocol import (
@@ -116,12 +115,13 @@ class SchedulingMixin(EngineState):
         refs: tuple[tuple[int, int], ...] = ()
         shm: tuple[tuple[int, int, int, str], ...] = ()
         segments = None
-        if w.maps_memory and any(memoryview(b).nbytes >= SHM_MIN for b in oob) and shm_available():
+        if w.maps_memory and oob:
             # Large arguments (arrays, bytes): one copy into shared memory that the worker maps,
             # none through its socket. Closed when the chunk is back (or lost): the worker has
             # mapped them by then.
             oob, segments = share(oob)
-            shm = describe_shm(segments, offset=1)
+            if segments is not None:
+                shm = describe_shm(segments, offset=1)
         if ref_ids:
             unknown = [r for r in ref_ids if r not in self.refs]
             if unknown:

@@ -83,10 +83,7 @@ def keep_pickled(key: str, obj: Any) -> None:
         if key in _PICKLED:
             return
         data, oob = dumps_data(obj)
-        if _shm.available() and any(memoryview(b).nbytes >= _shm.SHM_MIN for b in oob):
-            _PICKLED[key] = (data, *_shm.share(oob))
-        else:
-            _PICKLED[key] = (data, list(oob), None)
+        _PICKLED[key] = (data, *_shm.share(oob))
 
 
 def forget_pickled(keys: list[str]) -> None:

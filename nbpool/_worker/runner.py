@@ -391,9 +391,9 @@ class Runner:
         caller runs the chunk again."""
         from .. import _shm
 
-        if not any(memoryview(b).nbytes >= _shm.SHM_MIN for b in out):
-            return out, ()
         out, segments = _shm.share(out)
+        if segments is None:
+            return out, ()
         for fd, _, name in segments.fds.values():
             self._held[(fd, name)] = fd
         described = _shm.describe(segments, offset=1)
