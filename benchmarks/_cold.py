@@ -6,7 +6,8 @@ first result; prints the elapsed seconds (one float). Interpreter start-up itsel
 
 With ``second``: first create a pool, map ``sq`` over 2 items and shut it down (untimed), then
 time creating a SECOND pool in the same process up to its first result: the library is imported
-and whatever outlives a pool (Ray's local runtime, a forkserver, caches) is already there.
+and whatever outlives a pool (Ray's local runtime, a forkserver, caches) is already there. With
+``later``: the same, with 1 s between the two pools (untimed), as between two cells.
 """
 
 from __future__ import annotations  # (compile time only: nothing runs before T0)
@@ -39,11 +40,14 @@ def main() -> None:
     global T0
     import _libs
 
-    lib, second = sys.argv[1], sys.argv[2:] == ["second"]
+    lib, mode = sys.argv[1], sys.argv[2:3]
+    second = mode in (["second"], ["later"])
     runner = _libs.make(lib, cold=True)
     try:
         if second:
             first_result(runner)
+            if mode == ["later"]:
+                time.sleep(1.0)  # (as between two cells)
             T0 = time.perf_counter()  # the same adapter: start() makes a new pool each time
         elapsed = first_result(runner)
     finally:

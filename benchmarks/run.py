@@ -44,7 +44,7 @@ import plot  # noqa: E402
 from _tasks import spin  # noqa: E402
 
 PEERS = [lib for lib in _libs.LIBS if lib != "nbpool"]
-COLD_ROWS = ("cold", "second")  # one fresh interpreter per measurement (_cold.py)
+COLD_ROWS = ("cold", "second", "later")  # one fresh interpreter per measurement (_cold.py)
 WARM_ROWS = ("map", "imap", "apply", "cpu", "numpy", "np_sum", "np_apply", "np_return")
 TIMED_ROWS = (*COLD_ROWS, *WARM_ROWS)
 RSS_ROWS = ("rss_caller", "rss_worker", "rss_total")
@@ -299,9 +299,10 @@ def calibrate(target_s: float = 0.020) -> tuple[int, float]:
 
 
 def measure_cold(row: str, libs: list[str], repeat: int, timeout: float, log) -> dict[str, Cell]:
-    """Row ``cold`` (first pool in a fresh interpreter) or ``second`` (a second pool there)."""
+    """Row ``cold`` (first pool in a fresh interpreter), ``second`` (a second pool there, at
+    once) or ``later`` (a second pool 1 s after the first ended)."""
     cells = {lib: Cell() for lib in libs}
-    mode = ["second"] if row == "second" else []
+    mode = [row] if row in ("second", "later") else []
     for rnd in range(repeat):  # round-robin: machine noise spreads over every library
         k = rnd % len(libs) if libs else 0
         for lib in libs[k:] + libs[:k]:  # rotate who goes first
@@ -620,6 +621,7 @@ def row_labels(p: dict[str, int]) -> dict[str, str]:
         "rss_worker": "7b RSS per worker (MB)",
         "rss_total": "7c RSS caller+workers (MB)",
         "second": "8 second Pool(2) to 1st result",
+        "later": "8b second Pool(2), 1 s later",
         "np_sum": f"9 {p['np_count']} x {p['np_mib']} MiB map(arr.sum)",
         "np_apply": f"10 {big_mb:,.0f} MB apply(arr.sum)",
         "np_return": f"11 {big_mb:,.0f} MB returned",
@@ -721,7 +723,8 @@ def describe_notes(
         "over 2 items, shut it down (untimed); then time a second pool to its first result. "
         "ray: a second Pool on the Ray the first one started (Ray's Pool never shuts Ray "
         "down); dask: a second LocalCluster and Client; loky: a second fresh "
-        "loky.ProcessPoolExecutor.",
+        "loky.ProcessPoolExecutor. Row 8b: the same with 1 s between the two pools (untimed), "
+        "as between two cells: what outlives a pool has had time to start.",
         f"Row 9: map(total, {p['np_count']} float64 arrays of {p['np_mib']} MiB, chunksize=1), "
         "total(a) = float(a.sum()): data travels one way (to the workers).",
         f"Row 10: apply(total, (a,)) on one float64 array of {p['np_big_n'] * 8 / 1e6:,.0f} MB. "

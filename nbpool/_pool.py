@@ -72,6 +72,8 @@ _SERIALIZERS = ("cloudpickle", "dill")
 # "spawn": a fresh interpreter per worker (subprocess); "forkserver": forked from a server that
 # was itself spawned, with nbpool, cloudpickle and dill imported (_engines.forkserver)
 # "threading": threads of the caller, nothing pickled (_engines.threads)
+# None (the default): spawned until the process's fork server is up (started once the first
+# pool has a worker ready: it never waits for it), forked from it after that.
 _START_METHODS = ("spawn", "forkserver", "threading")
 _job_ids = itertools.count(1)
 _DROPPED = KeyboardInterrupt("the iterator was dropped before its end: its job was cancelled")
@@ -373,7 +375,7 @@ class Pool:
         enable_insights: bool = False,
         gpus: int | list[int | str] | None = None,
         resources: dict[str, float] | None = None,
-        start_method: str = "spawn",
+        start_method: str | None = None,
     ) -> None:
         self._state = _RUN  # set first: __del__ and close() read it even if __init__ fails
         self._engine: Engine | None = None
@@ -392,12 +394,12 @@ class Pool:
             raise ValueError("Number of processes must be at least 1")
         self.backend, self.address = choose(backend, ray_address, address)
         need = _check_resources(resources, self.backend)
-        if start_method not in _START_METHODS:
+        if start_method is not None and start_method not in _START_METHODS:
             raise ValueError(
-                f"start_method must be one of {', '.join(map(repr, _START_METHODS))}, not "
-                f"{start_method!r}"
+                f"start_method must be None or one of {', '.join(map(repr, _START_METHODS))}, "
+                f"not {start_method!r}"
             )
-        if start_method != "spawn" and self.backend != "local":
+        if start_method not in (None, "spawn") and self.backend != "local":
             raise ValueError(
                 f"start_method={start_method!r} is for this machine's workers; on a "
                 f"{self.backend.capitalize()} cluster leave it out"
@@ -518,10 +520,9 @@ class Pool:
 
                 new_worker = ThreadWorker
             elif new_worker is None:
-                started.extend(Worker(i, lifeline[0], start_method) for i in range(processes))
-                new_worker = functools.partial(
-                    Worker, lifeline=lifeline[0], start_method=start_method
-                )
+                how = start_method or "auto"
+                started.extend(Worker(i, lifeline[0], how) for i in range(processes))
+                new_worker = functools.partial(Worker, lifeline=lifeline[0], start_method=how)
             _import_the_rest()
             self._engine = Engine(
                 processes,

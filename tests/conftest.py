@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -147,6 +148,8 @@ def no_leftovers(request):
     threads_before = set(threading.enumerate())
     children_before = _children()
     yield
+    if fixture == "ray_head" or "ray_head" in request.fixturenames:
+        _no_actor_left_on_the_ray_head()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         extra_children = _children() - children_before
@@ -164,6 +167,44 @@ def no_leftovers(request):
     pytest.fail(
         f"test left behind processes {sorted(extra_children)} "
         f"and threads {[t.name for t in extra_threads]}"
+    )
+
+
+def _no_actor_left_on_the_ray_head(timeout: float = 10.0) -> None:
+    """Fail a test after which the session's Ray head still runs an nbpool actor, or has
+    CPUs that nbpool counts as held: the next tests would find fewer free (and fail far from
+    the cause). What is left is stopped first, so that one leak fails one test."""
+    import ray
+    from ray._private import state
+
+    from nbpool._engines import ray as _ray
+
+    def left() -> tuple[list[dict], dict[str, float], float]:
+        actors = [a for a in state.actors().values() if a["State"] != "DEAD"]
+        with _ray._HELD_LOCK:
+            held = {k: v for k, v in _ray._HELD.get(_ray._gcs_address(ray), {}).items() if v}
+        busy = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
+        return actors, held, busy
+
+    deadline = time.monotonic() + timeout
+    actors, held, busy = left()
+    while (actors or held or busy) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        actors, held, busy = left()
+    if not (actors or held or busy):
+        return
+    for a in actors:
+        with contextlib.suppress(Exception):
+            psutil.Process(a["Pid"]).kill()
+    with _ray._HELD_LOCK:
+        _ray._HELD.clear()
+    described = [
+        {k: a.get(k) for k in ("ActorID", "State", "Pid", "ActorClassName", "StartTime")}
+        for a in actors
+    ]
+    pytest.fail(
+        f"after {timeout:g} s the Ray head still has {busy:g} CPUs in use; "
+        f"nbpool counts {held} as held; actors not dead: {described}"
     )
 
 

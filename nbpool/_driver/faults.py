@@ -97,6 +97,12 @@ class FaultsMixin(EngineState):
             rss = w.rss()
             if rss is None:
                 continue
+            if rss > soft and w.chunks_done == 0 and not w.inflight and not w.retiring:
+                # Over the limit before any work: a fresh worker would be too, and replacing
+                # it would loop for ever (Pool() refuses such a limit when it can tell). Even
+                # over the hard limit: a forked worker's RSS counts the pages it shares with
+                # the fork server.
+                continue
             if rss > hard:
                 running = w.running()
                 index = running[1] if running else None
@@ -110,10 +116,6 @@ class FaultsMixin(EngineState):
                         index=index if isinstance(index, int) and index >= 0 else None,
                     )
                 )
-            elif rss > soft and not w.retiring and w.chunks_done == 0 and not w.inflight:
-                # Over the limit before any work: a fresh worker would be too, and replacing
-                # it would loop for ever (Pool() refuses such a limit when it can tell).
-                continue
             elif rss > soft and not w.retiring:
                 if w.inflight:
                     w.budget = 0  # no more work: replaced as soon as its chunk is back

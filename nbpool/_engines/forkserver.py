@@ -1,11 +1,18 @@
-"""``start_method="forkserver"``: workers forked from a server, never from the caller.
+"""The fork server: workers forked from a server, never from the caller.
+
+``start_method="forkserver"`` forks every worker from it. The default (``start_method=None``)
+spawns workers until the server is up: the end of a first worker starts it (``warm``, from
+``local.Worker.reap``; the server waits WARM_DELAY_S, then imports at the lowest priority, so
+that it does not slow anything down) and nobody waits for it; ``ForkServer.running()`` (no
+wait) says when later workers (replacements, other pools) can be forked. Its first message,
+``_READY``, says that its imports are done.
 
 ::
 
   caller (kernel)                               fork server (spawned once per process)
   ───────────────                               ─────────────────────────────────────
   ForkServer.start()  ── subprocess ──►  a fresh interpreter: imports nbpool's worker code,
-                                         cloudpickle and dill, then waits on its socket
+                                         cloudpickle, then waits on its socket
   Worker(start="forkserver"):
     request ("fork", cwd, env, caller pid)
     + the worker's 6 fds (SCM_RIGHTS)   ──►  fork(): the child takes its fds as 0-2 and the
@@ -26,6 +33,7 @@ pool's process, or use ``start_method="spawn"``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
@@ -33,16 +41,54 @@ import struct
 import sys
 import threading
 
+from .local import _OWN_GROUP
+
 TYPE_CHECKING = False  # no typing import at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any
 
 _NBPOOL_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_BOOT = (
-    "import sys; sys.path.insert(0, {path!r}); from nbpool._engines.forkserver import main; main()"
-)
+# Everything but the interpreter's own start-up runs in a thread at the lowest priority (Linux:
+# nice is per thread): started next to a pool's first workers, the server must not slow them
+# down. Forks are made by the main thread, which keeps its priority (so do the workers).
+_BOOT = """import os, sys, threading
+def load():
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError):
+        pass
+    sys.path.insert(0, {path!r})
+    from nbpool._engines.forkserver import preload
+    preload()
+t = threading.Thread(target=load)
+t.start()
+t.join()
+from nbpool._engines.forkserver import main
+main()
+"""
 _PID = struct.Struct("q")
 _NFDS = 6  # channel, slot, lifeline, stdout, stderr, status
+_READY = b"ready"  # the server's first message: its imports are done
+READY_TIMEOUT_S = 60.0  # how long a fork waits for a server that is still starting
+# How long a server started by ``warm`` waits before it starts its interpreter. Its start-up
+# (~10 ms of CPU that its low priority cannot cover) made a pool that starts at the same moment
+# (the next cell's, say) 15-20 ms slower on 2 cores; that pool's workers are spawned then, and
+# the server is ready ~50 ms after this delay.
+WARM_DELAY_S = 0.3
+
+
+_AT_EXIT = False  # _stop_unready is registered
+
+
+def _stop_unready() -> None:
+    """At exit: a server still starting (warm's delay, its imports) is stopped now, so that it
+    does not outlive the caller by that much. A ready one ends on its own (EOF on its socket)."""
+    server = ForkServer._instance
+    if server is None or server.owner != os.getpid() or server._ready:
+        return
+    with contextlib.suppress(Exception):
+        server.proc.kill()
+        server.proc.wait(2)
 
 
 class ForkServer:
@@ -51,38 +97,93 @@ class ForkServer:
     _instance: ForkServer | None = None
     _start_lock = threading.Lock()
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        """``delay``: seconds before the interpreter starts (see ``warm``)."""
         import subprocess
 
         self._lock = threading.Lock()  # one request at a time (pools' dispatchers, Pool())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        command = [sys.executable, "-c", _BOOT.format(path=_NBPOOL_PARENT), str(theirs.fileno())]
+        if delay > 0 and os.path.exists("/bin/sh"):
+            command = ["/bin/sh", "-c", f'sleep {delay:g}; exec "$0" "$@"', *command]
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT.format(path=_NBPOOL_PARENT), str(theirs.fileno())],
+                command,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                start_new_session=True,  # the kernel's interrupt is not the server's
+                # The kernel's interrupt is not the server's. A process group, not a session: a
+                # session is a scheduler autogroup of its own on Linux, where the low priority
+                # of its start-up (_BOOT) would count for nothing against the caller's group.
+                **_OWN_GROUP,
             )
         finally:
             theirs.close()
         self.sock = ours
         self.pid = self.proc.pid
         self.owner = os.getpid()  # a process that forked after us needs a server of its own
+        self._ready = False  # its imports are done (it sent _READY)
+        global _AT_EXIT
+        if not _AT_EXIT:
+            import atexit
+
+            atexit.register(_stop_unready)
+            _AT_EXIT = True
+
+    def _alive(self) -> bool:
+        return self.owner == os.getpid() and self.proc.poll() is None
 
     @classmethod
-    def get(cls) -> ForkServer:
+    def get(cls, delay: float = 0.0) -> ForkServer:
         """The process's server, started on first use (again if the last one died)."""
         with cls._start_lock:
             server = cls._instance
-            if server is None or server.owner != os.getpid() or server.proc.poll() is not None:
-                server = cls._instance = ForkServer()
+            if server is None or not server._alive():
+                server = cls._instance = ForkServer(delay)
             return server
+
+    @classmethod
+    def warm(cls) -> None:
+        """Start the process's server if it has none, in WARM_DELAY_S (returns at once). For
+        the default start method, when a first worker ends (see ``local.Worker.reap``)."""
+        cls.get(WARM_DELAY_S)
+
+    @classmethod
+    def running(cls) -> ForkServer | None:
+        """The process's server if it is up and ready to fork now, else None (no wait)."""
+        server = cls._instance
+        if server is None or not server._alive():
+            return None
+        with server._lock:
+            if not server._ready:
+                from .._worker.protocol import readable
+
+                if readable([server.sock.fileno()], 0):
+                    server._take_ready()
+            return server if server._ready else None
+
+    def _take_ready(self, timeout: float | None = None) -> None:
+        """Read the server's _READY (under ``_lock``)."""
+        self.sock.settimeout(timeout)
+        try:
+            msg = self.sock.recv(64)
+        finally:
+            self.sock.settimeout(None)
+        if msg != _READY:
+            raise RuntimeError("nbpool's fork server did not start (it exited)")
+        self._ready = True
 
     def fork(self, fds: tuple[int, ...]) -> int:
         """Fork a worker that takes ``fds`` (see ``_NFDS``); its pid."""
         request = pickle.dumps(("fork", os.getcwd(), dict(os.environ), os.getpid()))
         with self._lock:
+            if not self._ready:
+                try:
+                    self._take_ready(READY_TIMEOUT_S)
+                except TimeoutError:
+                    raise RuntimeError(
+                        f"nbpool's fork server did not start within {READY_TIMEOUT_S:g} s"
+                    ) from None
             socket.send_fds(self.sock, [request], list(fds))
             reply = self.sock.recv(64)
         if len(reply) != _PID.size:
@@ -136,22 +237,28 @@ def _exit_code(info: Any) -> int:
     return -int(info.si_status)  # killed (or dumped core) by that signal
 
 
-def main() -> None:
-    import selectors
-    import signal
-
-    # What every worker needs, imported once here instead of in each worker.
+def preload() -> None:
+    """What every worker needs, imported once here instead of in each worker (see _BOOT)."""
     import nbpool._engines.local_main
     import nbpool._worker.functions
     import nbpool._worker.serialize  # noqa: F401
 
-    for name in ("cloudpickle", "dill"):
-        try:
-            __import__(name)
-        except ImportError:
-            pass
+    # (not dill: only serializer="dill" needs it, and it would make the server ready ~20 ms
+    # later; a worker that needs it imports it)
+    with contextlib.suppress(ImportError):
+        import cloudpickle  # noqa: F401
+
+
+def main() -> None:
+    import selectors
+    import signal
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[1]))
+    try:
+        sock.send(_READY)
+    except OSError:  # the caller ended while we started: nothing to say, and nobody to say it
+        os._exit(0)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)

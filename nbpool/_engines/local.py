@@ -57,7 +57,7 @@ class Worker(WorkerHandle):
 
     maps_memory = True
 
-    def __init__(self, wid: int, lifeline: int, start_method: str = "spawn") -> None:
+    def __init__(self, wid: int, lifeline: int, start_method: str = "auto") -> None:
         super().__init__(wid)
         ch, child_end = channel_pair()
         slot_fd, self._slot_map = _shared_slot()
@@ -66,8 +66,16 @@ class Worker(WorkerHandle):
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         child_fds = (child_end, slot_fd, lifeline)
-        if start_method == "forkserver":
-            self._fork(ch, child_fds, out_r, out_w, err_r, err_w)
+        # "auto" (the default): forked if this process's fork server is up already, else
+        # spawned (reap starts the server, for the next pools and replacements).
+        self._auto = start_method == "auto"
+        server = None
+        if self._auto:
+            from .forkserver import ForkServer
+
+            server = ForkServer.running()
+        if start_method == "forkserver" or server is not None:
+            self._fork(ch, child_fds, out_r, out_w, err_r, err_w, server)
             return
         try:
             self.proc = subprocess.Popen(
@@ -99,7 +107,14 @@ class Worker(WorkerHandle):
                 self.pidfd = os.pidfd_open(self.pid)
 
     def _fork(
-        self, ch: Any, child_fds: tuple[int, ...], out_r: int, out_w: int, err_r: int, err_w: int
+        self,
+        ch: Any,
+        child_fds: tuple[int, ...],
+        out_r: int,
+        out_w: int,
+        err_r: int,
+        err_w: int,
+        server: Any = None,
     ) -> None:
         """Have the process's fork server (``_engines.forkserver``) fork this worker. Its
         status pipe stands in for the pidfd: readable once the worker has exited."""
@@ -107,7 +122,7 @@ class Worker(WorkerHandle):
 
         status_r, status_w = os.pipe()
         try:
-            server = ForkServer.get()
+            server = server or ForkServer.get()
             pid = server.fork((*child_fds, out_w, err_w, status_w))
         except BaseException:
             for fd in (out_r, err_r, status_r):
@@ -174,6 +189,15 @@ class Worker(WorkerHandle):
         self.out_fds.clear()
         self.slot.release()
         self._slot_map.close()
+        if self._auto:
+            # A first worker has ended (its pool stopped, or it is being replaced): the fork
+            # server starts now (once, in WARM_DELAY_S), for the next pools and replacements.
+            # Not earlier: its start-up would compete with the first pool's work (on 2 cores,
+            # starting it with the first pool made that pool's first result ~20 ms later;
+            # with its first Ready, ~6 ms).
+            from .forkserver import ForkServer
+
+            ForkServer.warm()
         return code
 
     def rss(self) -> int | None:

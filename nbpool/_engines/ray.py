@@ -46,6 +46,7 @@ CONNECT_TIMEOUT_S = 5.0  # a TCP check of the head's port before Ray retries it 
 # promised the same CPUs (its actors would then wait for ever).
 _HELD: dict[str, dict[str, float]] = {}
 _HELD_LOCK = threading.Lock()
+CREATE_WAIT_S = 10.0  # how long a stop waits for an actor still being created (_kill_remote)
 RESOURCE_WAIT_S = 3.0  # how long Pool() waits for CPUs a pool just stopped to come back
 
 
@@ -386,6 +387,14 @@ class RayWorker(BridgedWorker):
 
     def _kill_remote(self) -> None:
         try:
+            if not self.pid:
+                # It never answered: maybe still being created. Ray can lose track of the CPU
+                # of an actor killed while its worker is being leased (ray-project/ray#27743
+                # and kin): the CPU then stays "in use" for the life of the cluster, and the
+                # next pools find it gone. Seen here once in a few hundred such kills, and in
+                # CI after a pool stopped at once. So: let it come up (or fail to), then kill.
+                with contextlib.suppress(Exception):
+                    self._ray.wait([self.actor.__ray_ready__.remote()], timeout=CREATE_WAIT_S)
             self._ray.kill(self.actor, no_restart=True)
         finally:
             # (Ray's own view now says it is held until it sees the death: Pool() waits for it)

@@ -88,6 +88,45 @@ def test_the_server_and_its_workers_end_with_the_caller():
     assert wait_until(lambda: all(gone(p) for p in pids), timeout=10)
 
 
+DEFAULT = """
+import os, time, psutil, nbpool
+from nbpool._engines.forkserver import ForkServer
+
+def parent(_x=0):
+    return os.getppid()
+
+def kind(ppid):
+    if ppid == os.getpid():
+        return "caller"
+    cmdline = " ".join(psutil.Process(ppid).cmdline())
+    return "server" if "nbpool._engines.forkserver" in cmdline else "?"
+
+with nbpool.Pool(2, worker_lifespan=1) as pool:
+    first = pool.map(parent, range(2), 1)  # spawned: no server yet
+    deadline = time.monotonic() + 30
+    while ForkServer.running() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # started once a worker ended; up when its imports are done
+    later = pool.map(parent, range(4), 1)  # replacements (lifespan 1): forked
+with nbpool.Pool(2) as pool:
+    second = pool.map(parent, range(2), 1)  # a second pool: forked
+with nbpool.Pool(1, start_method="spawn") as pool:
+    spawned = pool.apply(parent)
+print(kind(first[0]), kind(first[1]), kind(later[-1]), kind(second[0]), kind(spawned))
+"""
+
+
+def test_by_default_workers_are_spawned_until_the_fork_server_is_up_then_forked():
+    """The first pool of a process does not wait for the server: its workers are spawned, and
+    the server starts once one of them has ended (here: retired after its item). Later workers
+    (replacements, other pools) are forked from it. start_method="spawn" always spawns."""
+    out = subprocess.run(
+        [sys.executable, "-c", DEFAULT], env=clean_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["caller", "caller", "server", "server", "caller"]
+
+
 def test_start_method_values_are_checked():
-    with pytest.raises(ValueError, match="start_method must be one of 'spawn', 'forkserver'"):
+    with pytest.raises(ValueError, match="start_method must be None or one of 'spawn', 'fork"):
         nbpool.Pool(1, start_method="fork")

@@ -175,7 +175,7 @@ def _bare_worker():
     from nbpool._worker.protocol import Hello, Ready
 
     lifeline_r, lifeline_w = os.pipe()
-    w = Worker(0, lifeline_r)
+    w = Worker(0, lifeline_r, "spawn")  # (a Popen: the tests look at w.proc)
     try:
         w.ch.send(Hello(0, tuple(sys.path), None))
         msg, _ = w.ch.recv(timeout=30)
@@ -321,7 +321,8 @@ def test_without_pidfd_a_workers_group_is_killed_before_it_is_reaped(tmp_path, m
     group id stays ours until the group is killed (it used to be killed after the reap)."""
     monkeypatch.delattr(os, "pidfd_open")
     items = [(str(tmp_path / "child0"), False)]
-    pool = nbpool.Pool(1, task_timeout=1.0 if how == "task_timeout" else None)
+    # spawned: a forked worker's exit is seen through the fork server's pipe, not a pidfd
+    pool = nbpool.Pool(1, task_timeout=1.0 if how == "task_timeout" else None, start_method="spawn")
     children: list[int] = []
     try:
         assert all(w.pidfd is None for w in pool._engine._slots)

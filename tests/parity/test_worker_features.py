@@ -293,7 +293,7 @@ def test_bad_values_name_the_option():
         nbpool.Pool(1, worker_exit_timeout=-1)
     with pytest.raises(TypeError, match="enable_insights must be True or False"):
         nbpool.Pool(1, enable_insights=1)
-    with pytest.raises(ValueError, match="start_method must be one of 'spawn', 'forkserver'"):
+    with pytest.raises(ValueError, match="start_method must be None or one of 'spawn', 'fork"):
         nbpool.Pool(1, start_method="threads")
     with pytest.raises(ValueError, match="max_tasks_active must be >= 1"):
         nbpool.Pool(1, max_tasks_active=0)
