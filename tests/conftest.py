@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -13,6 +14,13 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+
+# A test run started in the background by a non-interactive shell (`make test &`) has SIGINT
+# ignored, and so would every process the tests start (an ignored signal stays ignored across
+# exec, and Python then installs no KeyboardInterrupt handler): the interrupt tests, where
+# SIGINT stands for Jupyter's stop button, would fail for that alone.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # Processes of a test cluster (a Ray head and what it starts): they come and go on their own
