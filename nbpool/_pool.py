@@ -70,10 +70,10 @@ IDLE_CHECK_WAIT_S = 30.0
 CALLBACK_WAIT_S = 1.0
 _SERIALIZERS = ("cloudpickle", "dill")
 # "spawn": a fresh interpreter per worker (subprocess); "forkserver": forked from a server that
-# was itself spawned, with nbpool, cloudpickle and dill imported (_engines.forkserver)
+# was itself spawned, with nbpool and cloudpickle imported (_engines.forkserver)
 # "threading": threads of the caller, nothing pickled (_engines.threads)
-# None (the default): spawned until the process's fork server is up (started once the first
-# pool has a worker ready: it never waits for it), forked from it after that.
+# None (the default): spawned until the process's fork server is up (started 0.3 s after a
+# first worker ended: nothing waits for it), forked from it after that.
 _START_METHODS = ("spawn", "forkserver", "threading")
 _job_ids = itertools.count(1)
 _DROPPED = KeyboardInterrupt("the iterator was dropped before its end: its job was cancelled")

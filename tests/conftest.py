@@ -115,7 +115,9 @@ def engine(request):
         return {"address": request.getfixturevalue("dask_cluster").address}
     if request.param == "forkserver":
         return {"start_method": "forkserver"}
-    return {}
+    # spawned: the default forks once the fork server is up (at a moment that depends on the
+    # tests before), and the forkserver engine covers forked workers
+    return {"start_method": "spawn"}
 
 
 def on_cluster(engine: dict) -> bool:

@@ -566,6 +566,9 @@ def _fail_job(job: Job, err: BaseException) -> None:
 
 
 def _terminate_all_at_exit() -> None:
+    forkserver = sys.modules.get("nbpool._engines.forkserver")
+    if forkserver is not None:  # no server may start now, as the pools' workers are reaped
+        forkserver.at_exit()
     for engine in list(_LIVE):
         engine.terminate()
         engine.join(5)

@@ -73,6 +73,7 @@ POLL_IDLE_S = 1.0  # ... and an idle one, for its CPU and memory
 DEATH_WAIT_S = 5.0  # how long a stopped worker's reap waits for the cluster to free its slot
 POLL_TIMEOUT_S = 10.0  # a poll that takes longer: the worker (or the cluster) is not answering
 BRIDGE_JOIN_S = 10.0  # reap's wait for a bridge thread (blocked in the cluster's client at worst)
+KILL_JOIN_S = 15.0  # reap's wait for the kill to be sent (an engine may wait for a start first)
 WAIT_S = 0.1  # the bridge's wait for a reply (it returns as soon as one is there)
 
 # cluster address -> why we think that cluster is gone (its port stopped answering while a
@@ -221,6 +222,7 @@ class BridgedWorker(WorkerHandle):
         self._death = ""
         self._exit_code: int | None = None
         self._stopped = False
+        self._killer: threading.Thread | None = None  # the thread that stops the remote side
         self._queued: collections.deque[tuple[str, Any, list[Any]]] = collections.deque()
         self._start()
         self._thread = threading.Thread(
@@ -273,7 +275,8 @@ class BridgedWorker(WorkerHandle):
                 os.write(self._wake_w, b"x")
         # In a thread of its own: with the cluster gone, a stop can block, and a stop must
         # never hold the dispatcher or terminate().
-        threading.Thread(target=self._kill_quietly, name="nbpool-kill", daemon=True).start()
+        self._killer = threading.Thread(target=self._kill_quietly, name="nbpool-kill", daemon=True)
+        self._killer.start()
 
     def _kill_quietly(self) -> None:
         with contextlib.suppress(Exception):
@@ -283,7 +286,11 @@ class BridgedWorker(WorkerHandle):
         self._stop()
         self._thread.join(BRIDGE_JOIN_S)
         if self.cluster not in LOST:
-            self._await_death(DEATH_WAIT_S)  # its slot is free for the next pool when we return
+            # the kill sent (Ray's waits for an actor still being created: _engines.ray), and
+            # seen: its slot is free for the next pool when we return
+            if self._killer is not None:
+                self._killer.join(KILL_JOIN_S)
+            self._await_death(DEATH_WAIT_S)
         self.ch.close()
         with self._wake_lock:
             for fd in (self._wake_r, self._wake_w):

@@ -77,12 +77,12 @@ READY_TIMEOUT_S = 60.0  # how long a fork waits for a server that is still start
 WARM_DELAY_S = 0.3
 
 
-_AT_EXIT = False  # _stop_unready is registered
-
-
-def _stop_unready() -> None:
-    """At exit: a server still starting (warm's delay, its imports) is stopped now, so that it
-    does not outlive the caller by that much. A ready one ends on its own (EOF on its socket)."""
+def at_exit() -> None:
+    """The caller is exiting (``_driver.dispatcher``'s atexit hook, before it stops the pools):
+    no server is started from now on (``warm``), and one still starting (its delay, its
+    imports) is stopped, so that it does not outlive the caller. A ready one ends on its own
+    (EOF on its socket)."""
+    ForkServer._no_more = True
     server = ForkServer._instance
     if server is None or server.owner != os.getpid() or server._ready:
         return
@@ -92,10 +92,11 @@ def _stop_unready() -> None:
 
 
 class ForkServer:
-    """The caller's side: one server per process, shared by every forkserver pool."""
+    """The caller's side: one server per process, shared by every pool of the process."""
 
     _instance: ForkServer | None = None
     _start_lock = threading.Lock()
+    _no_more = False  # the default start method no longer uses or starts one (give_up, at_exit)
 
     def __init__(self, delay: float = 0.0) -> None:
         """``delay``: seconds before the interpreter starts (see ``warm``)."""
@@ -112,6 +113,9 @@ class ForkServer:
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                # It may outlive the caller by a moment (warm's delay): it must not write into
+                # the user's terminal then. Its failures reach the caller as a failed fork.
+                stderr=subprocess.DEVNULL,
                 # The kernel's interrupt is not the server's. A process group, not a session: a
                 # session is a scheduler autogroup of its own on Linux, where the low priority
                 # of its start-up (_BOOT) would count for nothing against the caller's group.
@@ -123,12 +127,6 @@ class ForkServer:
         self.pid = self.proc.pid
         self.owner = os.getpid()  # a process that forked after us needs a server of its own
         self._ready = False  # its imports are done (it sent _READY)
-        global _AT_EXIT
-        if not _AT_EXIT:
-            import atexit
-
-            atexit.register(_stop_unready)
-            _AT_EXIT = True
 
     def _alive(self) -> bool:
         return self.owner == os.getpid() and self.proc.poll() is None
@@ -146,21 +144,34 @@ class ForkServer:
     def warm(cls) -> None:
         """Start the process's server if it has none, in WARM_DELAY_S (returns at once). For
         the default start method, when a first worker ends (see ``local.Worker.reap``)."""
-        cls.get(WARM_DELAY_S)
+        if not cls._no_more:
+            cls.get(WARM_DELAY_S)
+
+    @classmethod
+    def give_up(cls) -> None:
+        """A fork failed for the default start method: it spawns from now on."""
+        cls._no_more = True
 
     @classmethod
     def running(cls) -> ForkServer | None:
-        """The process's server if it is up and ready to fork now, else None (no wait)."""
+        """The process's server if it is up and ready to fork now, else None: never waits
+        (not even for a fork in progress), never raises."""
         server = cls._instance
-        if server is None or not server._alive():
+        if cls._no_more or server is None or not server._alive():
             return None
-        with server._lock:
+        if not server._lock.acquire(blocking=False):
+            return None
+        try:
             if not server._ready:
                 from .._worker.protocol import readable
 
                 if readable([server.sock.fileno()], 0):
                     server._take_ready()
-            return server if server._ready else None
+        except Exception:
+            return None
+        finally:
+            server._lock.release()
+        return server if server._ready else None
 
     def _take_ready(self, timeout: float | None = None) -> None:
         """Read the server's _READY (under ``_lock``)."""

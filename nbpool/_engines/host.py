@@ -122,7 +122,9 @@ class Host:
         from .local import Worker
 
         hello, buffers = unstore(hello, buffers, _pickled)
-        w = self._worker = Worker(hello.worker_id, self._lifeline[0])
+        # spawned: on a cluster, a fork server per Dask worker would be one more process there
+        # for a saving that the cluster's own start-up dwarfs
+        w = self._worker = Worker(hello.worker_id, self._lifeline[0], "spawn")
         for fd in w.out_fds:
             os.set_blocking(fd, False)
         self._send(hello.replace(host=self.host, node=self.node), buffers)

@@ -56,88 +56,86 @@ class Worker(WorkerHandle):
     """A local worker process."""
 
     maps_memory = True
+    proc: Any  # a subprocess.Popen, or a forkserver.ForkedProcess (the same few members)
 
     def __init__(self, wid: int, lifeline: int, start_method: str = "auto") -> None:
         super().__init__(wid)
+        # "auto" (the default): forked if this process's fork server is up already, else
+        # spawned (reap starts the server, for the next pools and replacements). A server
+        # that fails is given up, and its workers are spawned: the default never fails for it.
+        self._auto = start_method == "auto"
+        if start_method != "spawn":
+            from .forkserver import ForkServer
+
+            if start_method == "forkserver":
+                self._start(lifeline, ForkServer.get())
+                return
+            server = ForkServer.running() if self._auto else None
+            if server is not None:
+                try:
+                    self._start(lifeline, server)
+                    return
+                except Exception:
+                    ForkServer.give_up()
+        self._start(lifeline, None)
+
+    def _start(self, lifeline: int, server: Any) -> None:
+        """Start the process: forked by ``server`` (``_engines.forkserver``), or spawned if it
+        is None. On failure, everything opened here is closed again."""
         ch, child_end = channel_pair()
-        slot_fd, self._slot_map = _shared_slot()
-        self.slot = memoryview(self._slot_map).cast("q")
-        self.slot[2] = STAGE_IDLE
+        slot_fd, slot_map = _shared_slot()
+        slot = memoryview(slot_map).cast("q")
+        slot[2] = STAGE_IDLE
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         child_fds = (child_end, slot_fd, lifeline)
-        # "auto" (the default): forked if this process's fork server is up already, else
-        # spawned (reap starts the server, for the next pools and replacements).
-        self._auto = start_method == "auto"
-        server = None
-        if self._auto:
-            from .forkserver import ForkServer
-
-            server = ForkServer.running()
-        if start_method == "forkserver" or server is not None:
-            self._fork(ch, child_fds, out_r, out_w, err_r, err_w, server)
-            return
         try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT.format(path=_NBPOOL_PARENT), *map(str, child_fds)],
-                pass_fds=child_fds,
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                # Its own process group: Jupyter's interrupt (SIGINT to the kernel's process
-                # group) and a terminal's Ctrl-C reach the caller only. A worker just starting,
-                # still importing, would otherwise die of it with a traceback (seen here). The
-                # caller stops workers itself; they exit on their own when the caller dies.
-                **_OWN_GROUP,
-            )
+            if server is not None:
+                from .forkserver import ForkedProcess
+
+                # Its status pipe stands in for the pidfd: readable once the worker exited.
+                status_r, status_w = os.pipe()
+                try:
+                    pid = server.fork((*child_fds, out_w, err_w, status_w))
+                    self.pidfd = os.dup(status_r)
+                except BaseException:
+                    os.close(status_r)
+                    raise
+                finally:
+                    os.close(status_w)
+                self.proc = ForkedProcess(server, pid, status_r)
+            else:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-c", _BOOT.format(path=_NBPOOL_PARENT), *map(str, child_fds)],
+                    pass_fds=child_fds,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=err_w,
+                    # Its own process group: Jupyter's interrupt (SIGINT to the kernel's
+                    # process group) and a terminal's Ctrl-C reach the caller only. A worker
+                    # just starting, still importing, would otherwise die of it with a
+                    # traceback (seen here). The caller stops workers itself; they exit on
+                    # their own when the caller dies.
+                    **_OWN_GROUP,
+                )
+                if hasattr(os, "pidfd_open"):
+                    with contextlib.suppress(OSError):
+                        self.pidfd = os.pidfd_open(self.proc.pid)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
             ch.close()
+            slot.release()
+            slot_map.close()
             raise
         finally:
             for fd in (child_end, slot_fd, out_w, err_w):
                 os.close(fd)
+        self._slot_map, self.slot = slot_map, slot
         self.pid = self.proc.pid
         self._reap_lock = threading.Lock()
         self.ch = ch
         self.out_fds = {out_r: "stdout", err_r: "stderr"}
-        if hasattr(os, "pidfd_open"):
-            with contextlib.suppress(OSError):
-                self.pidfd = os.pidfd_open(self.pid)
-
-    def _fork(
-        self,
-        ch: Any,
-        child_fds: tuple[int, ...],
-        out_r: int,
-        out_w: int,
-        err_r: int,
-        err_w: int,
-        server: Any = None,
-    ) -> None:
-        """Have the process's fork server (``_engines.forkserver``) fork this worker. Its
-        status pipe stands in for the pidfd: readable once the worker has exited."""
-        from .forkserver import ForkedProcess, ForkServer
-
-        status_r, status_w = os.pipe()
-        try:
-            server = server or ForkServer.get()
-            pid = server.fork((*child_fds, out_w, err_w, status_w))
-        except BaseException:
-            for fd in (out_r, err_r, status_r):
-                os.close(fd)
-            ch.close()
-            raise
-        finally:
-            for fd in (child_fds[0], child_fds[1], out_w, err_w, status_w):
-                os.close(fd)
-        self.proc = ForkedProcess(server, pid, status_r)  # type: ignore[assignment]
-        self.pid = pid
-        self._reap_lock = threading.Lock()
-        self.ch = ch
-        self.out_fds = {out_r: "stdout", err_r: "stderr"}
-        self.pidfd = os.dup(status_r)
 
     def _stop(self) -> None:
         """SIGKILL the worker, its process group and its descendants (see ``_engines.proctree``)."""
@@ -194,10 +192,11 @@ class Worker(WorkerHandle):
             # server starts now (once, in WARM_DELAY_S), for the next pools and replacements.
             # Not earlier: its start-up would compete with the first pool's work (on 2 cores,
             # starting it with the first pool made that pool's first result ~20 ms later;
-            # with its first Ready, ~6 ms).
+            # with its first Ready, ~6 ms). Never at the cost of this reap.
             from .forkserver import ForkServer
 
-            ForkServer.warm()
+            with contextlib.suppress(Exception):
+                ForkServer.warm()
         return code
 
     def rss(self) -> int | None:

@@ -130,3 +130,66 @@ def test_by_default_workers_are_spawned_until_the_fork_server_is_up_then_forked(
 def test_start_method_values_are_checked():
     with pytest.raises(ValueError, match="start_method must be None or one of 'spawn', 'fork"):
         nbpool.Pool(1, start_method="fork")
+
+
+LOST_SERVER = """
+import os, signal, time, nbpool
+from nbpool._engines.forkserver import ForkServer
+
+def parent(_x=0):
+    return os.getppid()
+
+def wait_server():
+    deadline = time.monotonic() + 30
+    while ForkServer.running() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ForkServer.running()
+
+with nbpool.Pool(1) as pool:
+    pool.apply(parent)
+server = wait_server()
+os.kill(server.pid, signal.SIGKILL)
+server.proc.wait(10)
+with nbpool.Pool(2) as pool:  # the server is gone: spawned, and nothing fails
+    spawned = pool.map(parent, range(2), 1)
+again = wait_server()  # started again when those workers ended
+with nbpool.Pool(1) as pool:
+    forked = pool.apply(parent)
+print(spawned == [os.getpid()] * 2, again.pid != server.pid, forked == again.pid)
+"""
+
+
+def test_a_lost_fork_server_costs_nothing_but_a_spawn():
+    out = subprocess.run(
+        [sys.executable, "-c", LOST_SERVER], env=clean_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"]
+    assert out.stderr == ""
+
+
+EXIT_EARLY = """
+import nbpool
+from nbpool._engines.forkserver import ForkServer
+with nbpool.Pool(1) as pool:
+    pool.apply(abs, (-1,))
+print(ForkServer._instance.pid, flush=True)  # started when the worker ended: not ready yet
+"""
+
+
+def test_a_server_still_starting_does_not_outlive_the_caller():
+    """The caller exits within the server's start-up delay: the server is stopped with it, and
+    prints nothing (it used to print a BrokenPipeError into the terminal later)."""
+    out = subprocess.run(
+        [sys.executable, "-c", EXIT_EARLY], env=clean_env(), capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout)
+    try:
+        gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        gone = True
+    assert gone  # at once, not after its delay (0.3 s) and start-up
+    assert out.stderr == ""
