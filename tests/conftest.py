@@ -185,6 +185,7 @@ def _no_actor_left_on_the_ray_head(timeout: float = 10.0) -> None:
     CPUs that nbpool counts as held: the next tests would find fewer free (and fail far from
     the cause). What is left is stopped first, so that one leak fails one test."""
     import ray
+    from proc_util import wait_until
     from ray._private import state
 
     from nbpool._engines import ray as _ray
@@ -196,13 +197,9 @@ def _no_actor_left_on_the_ray_head(timeout: float = 10.0) -> None:
         busy = ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0)
         return actors, held, busy
 
-    deadline = time.monotonic() + timeout
-    actors, held, busy = left()
-    while (actors or held or busy) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        actors, held, busy = left()
-    if not (actors or held or busy):
+    if wait_until(lambda: not any(left()), timeout):
         return
+    actors, held, busy = left()
     for a in actors:
         with contextlib.suppress(Exception):
             psutil.Process(a["Pid"]).kill()

@@ -61,7 +61,6 @@ from .._errors import PoolClosedError
 from .._events import EventThread
 from .._jobs import Job
 from .._shm import Segments
-from .._shm import available as shm_available
 from .._shm import describe as describe_shm
 from .._worker.functions import FnPayload
 from .._worker.message import Message
@@ -428,7 +427,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             env=self._slot_env[slot] if self._slot_env else (),
             shm=shm,
             stored_shared=stored,
-            results_shm=w.maps_memory and shm_available(),
+            results_shm=w.maps_memory,  # (the worker's _shm.share says if there is memfd)
         )
         if self._worker_init is not None:  # its globals are applied in the worker too
             w.globals.update({(m, name): got for m, name, got, _ in self._worker_init.globals})

@@ -230,7 +230,7 @@ class Runner:
         self.slot = slot
         self.caller = 0  # the caller's pid (Hello): whose /proc fds hold shared memory
         self.results_shm = False  # Hello.results_shm: large result buffers in shared memory
-        self._held: dict[tuple[int, str], int] = {}  # (fd, name) of those the caller may map
+        self._held: set[tuple[int, str]] = set()  # (fd, name) of those the caller may map
         self.wid = -1
         self.fns: OrderedDict[bytes, Any] = OrderedDict()
         self.cancelled: set[int] = set()
@@ -395,7 +395,7 @@ class Runner:
         if segments is None:
             return out, ()
         for fd, _, name in segments.fds.values():
-            self._held[(fd, name)] = fd
+            self._held.add((fd, name))
         described = _shm.describe(segments, offset=1)
         segments.fds = {}  # (ours to close now: release)
         return out, described
@@ -403,7 +403,7 @@ class Runner:
     def release(self, fds: tuple[tuple[int, str], ...]) -> None:
         import os
 
-        for key in fds:
-            fd = self._held.pop(tuple(key), None)  # type: ignore[arg-type]
-            if fd is not None:
+        for fd, name in fds:
+            if (fd, name) in self._held:
+                self._held.discard((fd, name))
                 os.close(fd)

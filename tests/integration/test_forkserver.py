@@ -14,9 +14,36 @@ import sys
 import psutil
 import pytest
 from conftest import clean_env
-from proc_util import wait_until
+from proc_util import alive, wait_gone
 
 import nbpool
+
+
+def _run(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter (its own fork server), which must exit with 0."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+# For the scripts below: a task that says who forked or spawned its worker, and a wait for the
+# fork server that the default starts once a first worker has ended.
+HELPERS = """
+import os, time
+from nbpool._engines.forkserver import ForkServer
+
+def parent(_x=0):
+    return os.getppid()
+
+def wait_server():
+    deadline = time.monotonic() + 30
+    while ForkServer.running() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ForkServer.running()
+"""
 
 
 def _who(_x):
@@ -71,29 +98,15 @@ os._exit(0)  # no close, no terminate, no atexit: as a killed kernel
 
 
 def test_the_server_and_its_workers_end_with_the_caller():
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=clean_env(), capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    pids = [int(p) for p in out.stdout.split()]
+    pids = [int(p) for p in _run(SCRIPT, timeout=60).stdout.split()]
     assert len(pids) == 3
-
-    def gone(pid: int) -> bool:
-        try:
-            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-
-    assert wait_until(lambda: all(gone(p) for p in pids), timeout=10)
+    assert wait_gone(pids, timeout=10) == []
 
 
-DEFAULT = """
-import os, time, psutil, nbpool
-from nbpool._engines.forkserver import ForkServer
-
-def parent(_x=0):
-    return os.getppid()
+DEFAULT = (
+    HELPERS
+    + """
+import psutil, nbpool
 
 def kind(ppid):
     if ppid == os.getpid():
@@ -103,9 +116,7 @@ def kind(ppid):
 
 with nbpool.Pool(2, worker_lifespan=1) as pool:
     first = pool.map(parent, range(2), 1)  # spawned: no server yet
-    deadline = time.monotonic() + 30
-    while ForkServer.running() is None and time.monotonic() < deadline:
-        time.sleep(0.01)  # started once a worker ended; up when its imports are done
+    wait_server()  # started once a worker ended; up when its imports are done
     later = pool.map(parent, range(4), 1)  # replacements (lifespan 1): forked
 with nbpool.Pool(2) as pool:
     second = pool.map(parent, range(2), 1)  # a second pool: forked
@@ -113,18 +124,14 @@ with nbpool.Pool(1, start_method="spawn") as pool:
     spawned = pool.apply(parent)
 print(kind(first[0]), kind(first[1]), kind(later[-1]), kind(second[0]), kind(spawned))
 """
+)
 
 
 def test_by_default_workers_are_spawned_until_the_fork_server_is_up_then_forked():
     """The first pool of a process does not wait for the server: its workers are spawned, and
     the server starts once one of them has ended (here: retired after its item). Later workers
     (replacements, other pools) are forked from it. start_method="spawn" always spawns."""
-    out = subprocess.run(
-        [sys.executable, "-c", DEFAULT], env=clean_env(), capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["caller", "caller", "server", "server", "caller"]
+    assert _run(DEFAULT).stdout.split() == ["caller", "caller", "server", "server", "caller"]
 
 
 def test_start_method_values_are_checked():
@@ -132,18 +139,10 @@ def test_start_method_values_are_checked():
         nbpool.Pool(1, start_method="fork")
 
 
-LOST_SERVER = """
-import os, signal, time, nbpool
-from nbpool._engines.forkserver import ForkServer
-
-def parent(_x=0):
-    return os.getppid()
-
-def wait_server():
-    deadline = time.monotonic() + 30
-    while ForkServer.running() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return ForkServer.running()
+LOST_SERVER = (
+    HELPERS
+    + """
+import signal, nbpool
 
 with nbpool.Pool(1) as pool:
     pool.apply(parent)
@@ -157,14 +156,11 @@ with nbpool.Pool(1) as pool:
     forked = pool.apply(parent)
 print(spawned == [os.getpid()] * 2, again.pid != server.pid, forked == again.pid)
 """
+)
 
 
 def test_a_lost_fork_server_costs_nothing_but_a_spawn():
-    out = subprocess.run(
-        [sys.executable, "-c", LOST_SERVER], env=clean_env(), capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    out = _run(LOST_SERVER)
     assert out.stdout.split() == ["True", "True", "True"]
     assert out.stderr == ""
 
@@ -181,15 +177,6 @@ print(ForkServer._instance.pid, flush=True)  # started when the worker ended: no
 def test_a_server_still_starting_does_not_outlive_the_caller():
     """The caller exits within the server's start-up delay: the server is stopped with it, and
     prints nothing (it used to print a BrokenPipeError into the terminal later)."""
-    out = subprocess.run(
-        [sys.executable, "-c", EXIT_EARLY], env=clean_env(), capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    pid = int(out.stdout)
-    try:
-        gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        gone = True
-    assert gone  # at once, not after its delay (0.3 s) and start-up
+    out = _run(EXIT_EARLY, timeout=60)
+    assert not alive(int(out.stdout))  # at once, not after its delay (0.3 s) and start-up
     assert out.stderr == ""
