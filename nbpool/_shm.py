@@ -21,8 +21,11 @@ its arguments. The worker checks the fd's name before it maps it, so a number re
 file is refused, never read.
 
 Results go the other way (``Runner._share``, ``_driver.inbox._map_results``): the worker keeps
-each segment open until the caller's ``Release``; the caller maps it, or reads it into memory
-where each mapping would hold an fd (before Python 3.13), since a caller may keep thousands.
+each segment open until the caller's ``Release``; the caller maps it without holding an fd
+(ctypes: a caller may keep thousands of results).
+
+Segments of arguments and results are reused once nothing maps them any more (``Arena``, and
+the diagram in docs/architecture.md): fresh memory costs a page fault per 4 KiB.
 
 ``MAP_PRIVATE``: a worker reads the caller's pages without a copy; what a task writes to the
 array is copied on write into that worker (as after a fork), never seen by other workers or the
@@ -33,6 +36,7 @@ Linux only (``memfd_create``, ``/proc``); elsewhere buffers go over the socket a
 
 from __future__ import annotations
 
+import functools
 import itertools
 import mmap
 import os
@@ -40,6 +44,7 @@ import sys
 
 TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 SHM_MIN = 1 << 20  # smaller buffers are cheaper to copy through the socket
@@ -50,25 +55,140 @@ def available() -> bool:
     return hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
 
 
+class _Seg:
+    """One memfd of the caller's."""
+
+    __slots__ = ("capacity", "fd", "name", "used", "view")
+
+    def __init__(self, fd: int, name: str, capacity: int) -> None:
+        self.fd, self.name, self.capacity = fd, name, capacity
+        self.view: mmap.mmap | None = None  # a shared mapping, made when it is first reused
+        self.used = 0.0  # when it was given back to its Arena (time.monotonic)
+
+    def write(self, view: memoryview) -> None:
+        if self.view is None:  # fresh: written, not copied into a mapping, as the kernel fills
+            done = 0  # its fresh pages directly (~1.7x faster here than faulting them in)
+            while done < view.nbytes:
+                done += os.pwrite(self.fd, view[done:], done)
+        else:  # reused: its pages exist, and our mapping of them too: a plain copy (~10 GB/s)
+            self.view[: view.nbytes] = view
+
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.close()
+            self.view = None
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
 class Segments:
     """Caller side: the memfds of one pickled object's large buffers."""
 
     def __init__(self) -> None:
-        self.fds: dict[int, tuple[int, int, str]] = {}  # buffer index -> (fd, size, name)
+        self.segs: dict[int, tuple[_Seg, int]] = {}  # buffer index -> (memfd, bytes used)
 
     def close(self) -> None:
-        fds, self.fds = self.fds, {}
-        for fd, _, _ in fds.values():
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        segs, self.segs = self.segs, {}
+        for seg, _ in segs.values():
+            seg.close()
+
+    def recycle(self, arena: Arena) -> None:
+        """Give them back to ``arena``, to carry other arguments: only once no process maps
+        them any more (the worker said so: ``ChunkDone.unmapped``)."""
+        segs, self.segs = self.segs, {}
+        for seg, _ in segs.values():
+            arena.give(seg)
 
 
-def share(buffers: list[Any]) -> tuple[list[Any], Segments | None]:
-    """Move each buffer of ``SHM_MIN`` bytes or more into a memfd. Returns the buffer list with
-    ``b""`` where a buffer went to shared memory, and the segments (index into that list); or
-    the buffers as they are and None when none is that large or this system has no memfd."""
+class Arena:
+    """Caller side: memfds that carried a chunk's arguments, kept for the next ones.
+
+    Memory a process touches for the first time costs a page fault per 4 KiB: a fresh memfd
+    fills at ~1.4 GB/s here, one whose pages exist at ~10 GB/s through a mapping kept open
+    (``benchmarks/memcopy.py``). So a segment is reused, once its worker has unmapped it (an
+    array a task kept would otherwise change under it), by a later argument of its size. A
+    free segment is closed after ``IDLE_S`` unused, and the free ones hold at most ``cap``
+    bytes and ``MAX_FREE`` fds.
+    """
+
+    IDLE_S = 10.0  # (NBPOOL_SHM_KEEP_S sets it; 0: nothing is kept, see _keep_s)
+    MAX_FREE = 16
+
+    def __init__(self, cap: int | None = None) -> None:
+        self.cap = default_cap(8) if cap is None else cap
+        self.free: list[_Seg] = []  # oldest first
+        self.size = 0  # bytes of the free ones
+
+    def take(self, nbytes: int) -> _Seg | None:
+        """The smallest free segment that holds ``nbytes`` and is not more than twice that."""
+        best = None
+        for seg in self.free:
+            if nbytes <= seg.capacity <= 2 * nbytes and (
+                best is None or seg.capacity < best.capacity
+            ):
+                best = seg
+        if best is not None:
+            self.free.remove(best)
+            self.size -= best.capacity
+            if best.view is None:
+                best.view = mmap.mmap(best.fd, best.capacity, flags=mmap.MAP_SHARED)
+        return best
+
+    def give(self, seg: _Seg) -> None:
+        import time
+
+        if seg.capacity > self.cap or self.IDLE_S <= 0:
+            seg.close()
+            return
+        seg.used = time.monotonic()
+        self.free.append(seg)
+        self.size += seg.capacity
+        while self.size > self.cap or len(self.free) > self.MAX_FREE:
+            self.size -= self.free[0].capacity
+            self.free.pop(0).close()
+
+    def trim(self) -> bool:
+        """Close the segments unused for ``IDLE_S``. True while some are left."""
+        import time
+
+        limit = time.monotonic() - self.IDLE_S
+        while self.free and self.free[0].used <= limit:
+            self.size -= self.free[0].capacity
+            self.free.pop(0).close()
+        return bool(self.free)
+
+    def close(self) -> None:
+        free, self.free, self.size = self.free, [], 0
+        for seg in free:
+            seg.close()
+
+
+def _keep_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get("NBPOOL_SHM_KEEP_S", Arena.IDLE_S)))
+    except ValueError:
+        return Arena.IDLE_S
+
+
+Arena.IDLE_S = _keep_s()
+
+
+def default_cap(share: int) -> int:
+    """1/``share`` of this machine's memory, and 2 GiB at most."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    return min(2 << 30, total // share)
+
+
+def share(buffers: list[Any], arena: Arena | None = None) -> tuple[list[Any], Segments | None]:
+    """Move each buffer of ``SHM_MIN`` bytes or more into a memfd (one of ``arena``'s free
+    ones where it fits). Returns the buffer list with ``b""`` where a buffer went to shared
+    memory, and the segments (index into that list); or the buffers as they are and None when
+    none is that large or this system has no memfd."""
     if not any(memoryview(b).nbytes >= SHM_MIN for b in buffers) or not available():
         return list(buffers), None
     segments = Segments()
@@ -79,14 +199,12 @@ def share(buffers: list[Any]) -> tuple[list[Any], Segments | None]:
             if view.nbytes < SHM_MIN:
                 out.append(b)
                 continue
-            name = f"nbpool-{os.getpid()}-{next(_tokens)}"
-            fd = os.memfd_create(name, os.MFD_CLOEXEC)
-            segments.fds[i] = (fd, view.nbytes, name)
-            # (written, not copied into a mapping: the kernel fills its fresh pages directly,
-            # ~1.7x faster here than page-faulting them in through an mmap)
-            done = 0
-            while done < view.nbytes:
-                done += os.pwrite(fd, view[done:], done)
+            seg = arena.take(view.nbytes) if arena is not None else None
+            if seg is None:
+                name = f"nbpool-{os.getpid()}-{next(_tokens)}"
+                seg = _Seg(os.memfd_create(name, os.MFD_CLOEXEC), name, view.nbytes)
+            segments.segs[i] = (seg, view.nbytes)
+            seg.write(view)
             out.append(b"")
     except BaseException:
         segments.close()
@@ -96,14 +214,15 @@ def share(buffers: list[Any]) -> tuple[list[Any], Segments | None]:
 
 def describe(segments: Segments, offset: int = 0) -> tuple[tuple[int, int, int, str], ...]:
     """What a message says of them: (buffer index + ``offset``, fd, size, name)."""
-    return tuple((i + offset, fd, size, name) for i, (fd, size, name) in segments.fds.items())
+    return tuple((i + offset, seg.fd, size, seg.name) for i, (seg, size) in segments.segs.items())
 
 
 # ----------------------------------------------------------------------------- worker side
 
 
 # Python's mmap keeps a duplicate of the fd for as long as the mapping lives, until 3.13's
-# trackfd=False: one fd per array a caller keeps would soon meet the fd limit (1024 here).
+# trackfd=False: one fd per array a caller keeps would soon meet the fd limit (1024 here), so
+# the caller's mappings of results are made with ctypes (_map_without_fd).
 _UNTRACKED = sys.version_info >= (3, 13)
 
 
@@ -112,18 +231,24 @@ def attach(
     shm: tuple[tuple[int, int, int, str], ...],
     owner: int,
     many: bool = False,
-) -> None:
+    unmapped: Callable[[int, str], object] | None = None,
+) -> list[Any]:
     """Put ``owner``'s shared-memory segments in place in ``buffers``: private (copy-on-write)
     mappings. ``many``: the caller's results, which it may keep by the thousand: mapped without
-    holding an fd each."""
+    holding an fd each, and ``unmapped(fd, name)`` called once each mapping is gone. Returns
+    weak references to the mappings (not for ``many``): dead once nothing uses that memory."""
+    import weakref
+
+    mapped = []
     for index, fd, size, name in shm:
         path = f"/proc/{owner}/fd/{fd}"
         if os.readlink(path) != f"/memfd:{name} (deleted)":
             raise RuntimeError(f"nbpool: shared memory {name} is gone from {owner} ({path})")
         own = os.open(path, os.O_RDONLY)
         try:
-            if many and not _UNTRACKED:
-                buffers[index] = _map_without_fd(own, size)
+            if many:
+                then = None if unmapped is None else functools.partial(unmapped, fd, name)
+                buffers[index] = _map_without_fd(own, size, then)
                 continue
             m = mmap.mmap(
                 own,
@@ -135,11 +260,13 @@ def attach(
         finally:
             os.close(own)
         buffers[index] = memoryview(m)
+        mapped.append(weakref.ref(m))
+    return mapped
 
 
-def _map_without_fd(fd: int, size: int) -> memoryview:
-    """A private mapping that holds no fd (before Python 3.13): libc's mmap through ctypes,
-    unmapped when the last view of it goes."""
+def _map_without_fd(fd: int, size: int, then: Callable[[], object] | None) -> memoryview:
+    """A private mapping that holds no fd (Python's mmap holds one before 3.13): libc's mmap
+    through ctypes, unmapped when the last view of it goes, and then ``then()``."""
     import ctypes
     import weakref
 
@@ -149,8 +276,14 @@ def _map_without_fd(fd: int, size: int) -> memoryview:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap: {os.strerror(err)}")
     region = (ctypes.c_char * size).from_address(addr)
-    weakref.finalize(region, libc.munmap, addr, size)
+    weakref.finalize(region, _unmap, addr, size, then)
     return memoryview(region).cast("B")
+
+
+def _unmap(addr: int, size: int, then: Callable[[], object] | None) -> None:
+    _libc().munmap(addr, size)
+    if then is not None:
+        then()
 
 
 _LIBC: Any = None

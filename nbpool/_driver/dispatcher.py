@@ -60,12 +60,13 @@ from .._engines.local import Worker as LocalWorker
 from .._errors import PoolClosedError
 from .._events import EventThread
 from .._jobs import Job
-from .._shm import Segments
+from .._shm import Arena, Segments
 from .._shm import describe as describe_shm
 from .._worker.functions import FnPayload
 from .._worker.message import Message
 from .._worker.protocol import (
     Hello,
+    Reuse,
     Shutdown,
 )
 from .._worker.serialize import InProcess, dumps_data
@@ -101,6 +102,15 @@ class Conclude(Message):
     """A blocking call raised at its first failure: its dashboard ends now, as failed."""
 
     job_id: int
+
+
+class Unmapped(Message):
+    """The caller's mapping of a worker's result segment is gone (its array was dropped): the
+    worker may reuse that memory (``_shm.Arena``)."""
+
+    worker: Any  # the WorkerHandle
+    fd: int
+    name: str
 
 
 class Watch(Message):
@@ -190,6 +200,9 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._timers = Timers()
+        # memfds that carried large arguments, for the next ones (closed after a while unused)
+        self._arena = Arena()
+        self._arena_trim_due = False
         self._slots: list[Worker | None] = [None] * processes
         self._all: set[Worker] = set()  # every worker process not yet reaped (retiring ones too)
         self._startup_failures = [0] * processes
@@ -300,6 +313,19 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             with contextlib.suppress(BlockingIOError):
                 os.write(self._wake_w, b"x")
 
+    def _trim_arena_later(self) -> None:
+        """Close the arena's segments once they have been unused for ``Arena.IDLE_S``."""
+        if self._arena_trim_due:
+            return
+        self._arena_trim_due = True
+
+        def trim() -> None:
+            self._arena_trim_due = False
+            if self._arena.trim():
+                self._trim_arena_later()
+
+        self._timers.call_later(Arena.IDLE_S, trim)
+
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
@@ -343,10 +369,25 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         finally:
             self._teardown()
 
+    def _unmapped_notice(self, w: Worker) -> Callable[[int, str], None]:
+        """What a result's mapping calls when it is gone (from any thread, at any time, the
+        pool closed or not): the command that tells its worker."""
+        engine = weakref.ref(self)  # (an array the caller keeps must not keep the pool)
+
+        def notice(fd: int, name: str) -> None:
+            e = engine()
+            if e is not None:
+                e._command(Unmapped(w, fd, name))
+
+        return notice
+
     def _drain_commands(self) -> None:
+        reuse: dict[Worker, list[tuple[int, str]]] = {}
         while self._commands:
             cmd = self._commands.popleft()
-            if isinstance(cmd, Submit):
+            if isinstance(cmd, Unmapped):  # (batched: one Reuse per worker)
+                reuse.setdefault(cmd.worker, []).append((cmd.fd, cmd.name))
+            elif isinstance(cmd, Submit):
                 self._jobs[cmd.job.id] = cmd.job
                 self._pending.append(cmd.job)
                 self._progress_submitted(cmd.job)
@@ -364,6 +405,9 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
                 self._closing = True
             elif isinstance(cmd, Terminate):
                 self._terminating = True
+        for w, fds in reuse.items():
+            if not w.dead:
+                self._send(w, Reuse(tuple(fds)))
 
     def _drop_ref(self, ref_id: int) -> None:
         entry = self.refs.pop(ref_id, None)
@@ -527,6 +571,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         # (kill all, then reap: not poll() first, reaping would free a group id for reuse)
         steps += [w.kill for w in workers]
         steps += [functools.partial(self._on_death, w) for w in workers]
+        steps.append(self._arena.close)  # (chunks in flight closed theirs as their workers died)
         steps += [self._jobs.clear, self._sel.close, functools.partial(self._close_inbox, err)]
         steps.append(self.events.close)  # not joined: a callback may be calling terminate()
         # Progress last, once the workers are gone and every caller is answered: a slow

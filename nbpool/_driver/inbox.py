@@ -113,16 +113,23 @@ class InboxMixin(EngineState):
         while self._read(w, timeout=0.5):
             pass
 
-    def _pop_chunk(self, w: Worker, job_id: int, chunk_id: int) -> Chunk | None:
+    def _pop_chunk(
+        self, w: Worker, job_id: int, chunk_id: int, unmapped: bool = False
+    ) -> Chunk | None:
+        """``unmapped``: the worker holds no mapping of the chunk's arguments any more."""
         chunk = w.inflight.pop((job_id, chunk_id), None)
         if chunk is not None:
             chunk.job.inflight -= 1
             if chunk.segments is not None:
-                chunk.segments.close()
+                if unmapped:
+                    chunk.segments.recycle(self._arena)
+                    self._trim_arena_later()
+                else:
+                    chunk.segments.close()
         return chunk
 
     def _on_chunk_done(self, w: Worker, msg: ChunkDone, buffers: list[bytearray]) -> None:
-        chunk = self._pop_chunk(w, msg.job_id, msg.chunk_id)
+        chunk = self._pop_chunk(w, msg.job_id, msg.chunk_id, msg.unmapped)
         if chunk is None:
             return
         job = chunk.job
@@ -161,14 +168,17 @@ class InboxMixin(EngineState):
         False if they are gone (the worker died after it sent ChunkDone)."""
         from .._shm import attach
 
+        fds = tuple((fd, name) for _, fd, _, name in msg.shm)
+        mapped = False
         try:
-            attach(buffers, msg.shm, w.pid, many=True)
-            return True
+            attach(buffers, msg.shm, w.pid, many=True, unmapped=self._unmapped_notice(w))
+            mapped = True
         except (OSError, RuntimeError):
-            return False
-        finally:
-            if not w.dead:
-                self._send(w, Release(tuple((fd, name) for _, fd, _, name in msg.shm)))
+            pass
+        if not w.dead:
+            # (lent: it keeps them for later results once we say our mappings are gone)
+            self._send(w, Release(fds, lent=mapped))
+        return mapped
 
     def _insights_chunk(self, w: Worker, msg: ChunkDone, chunk: Chunk) -> None:
         assert self.insights is not None

@@ -118,8 +118,8 @@ class SchedulingMixin(EngineState):
         if w.maps_memory and oob:
             # Large arguments (arrays, bytes): one copy into shared memory that the worker maps,
             # none through its socket. Closed when the chunk is back (or lost): the worker has
-            # mapped them by then.
-            oob, segments = share(oob)
+            # mapped them by then; or kept for later arguments, if it unmapped them (_shm.Arena).
+            oob, segments = share(oob, self._arena)
             if segments is not None:
                 shm = describe_shm(segments, offset=1)
         if ref_ids:

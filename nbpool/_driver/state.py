@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from .._events import EventThread
     from .._jobs import Chunk, Job
+    from .._shm import Arena
     from .handle import WorkerHandle as Worker
     from .insights import Insights
     from .output import OutputTarget, Router
@@ -52,7 +53,10 @@ class EngineState:
     _requeue: Callable[[Job, int, Any], None]
     _requeue_singly: Callable[[Job, int, Any], None]
     _maybe_finish: Callable[[Job], None]
-    _pop_chunk: Callable[[Worker, int, int], Chunk | None]
+    _pop_chunk: Callable[..., Chunk | None]
+    _arena: Arena
+    _trim_arena_later: Callable[[], None]
+    _unmapped_notice: Callable[[Worker], Callable[[int, str], None]]
     _read_output: Callable[[Worker, int], str]
     _flush_output: Callable[[Worker, int], None]
     _flush_partials: Callable[..., None]

@@ -39,6 +39,7 @@ from .._worker.protocol import (
     Hello,
     InitFailed,
     Release,
+    Reuse,
     RunChunk,
     Shutdown,
     readable,
@@ -94,6 +95,10 @@ def _take(ch: Channel, pending: deque, runner: Runner) -> None:
     while True:
         if pending and not readable([ch.fd], 0):
             return
+        # Idle with free result segments: they are closed after a while (memory of this
+        # machine's, held for results that may never come)
+        while not pending and (wait := runner.trim()) and not readable([ch.fd], wait):
+            pass
         try:
             msg, buffers = ch.recv()
         except (EOFError, OSError):
@@ -101,7 +106,9 @@ def _take(ch: Channel, pending: deque, runner: Runner) -> None:
         if isinstance(msg, Cancel):
             runner.cancelled.add(msg.job_id)
         elif isinstance(msg, Release):  # (results the caller has mapped: no need to wait)
-            runner.release(msg.fds)
+            runner.release(msg.fds, msg.lent)
+        elif isinstance(msg, Reuse):
+            runner.reuse(msg.fds)
         else:
             pending.append((msg, buffers))
 

@@ -39,6 +39,7 @@ __all__ = [
     "LogRecord",
     "Ready",
     "Release",
+    "Reuse",
     "RunChunk",
     "Shutdown",
 ]
@@ -116,8 +117,17 @@ class Cancel(Message):
 
 
 class Release(Message):
-    """The caller has mapped these result segments (ChunkDone.shm): close them (handled by
-    the worker's reader, ahead of queued chunks)."""
+    """The caller has mapped these result segments (ChunkDone.shm), or could not: close them,
+    or, if ``lent``, keep them until the caller's ``Reuse`` says its mappings are gone (handled
+    by the worker's reader, ahead of queued chunks)."""
+
+    fds: tuple[tuple[int, str], ...]
+    lent: bool = False
+
+
+class Reuse(Message):
+    """The caller no longer maps these result segments (lent to it by ``Release``): they may
+    carry later results (``_shm.Arena``)."""
 
     fds: tuple[tuple[int, str], ...]
 
@@ -189,6 +199,9 @@ class ChunkDone(Message):
     # result buffers in the worker's shared memory (Hello.results_shm): (index, fd, size, name);
     # the worker keeps each open until the caller's Release
     shm: tuple[tuple[int, int, int, str], ...] = ()
+    # the chunk's arguments came in the caller's shared memory (RunChunk.shm) and no mapping of
+    # it is left here: the caller may reuse it (_shm.Arena)
+    unmapped: bool = False
 
 
 class ChunkLoadFailed(Message):

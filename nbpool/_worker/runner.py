@@ -53,6 +53,11 @@ if TYPE_CHECKING:
 
 __all__ = ["Runner", "flush_std"]
 
+# Result segments: at most this many kept open while the caller maps them (each holds an fd),
+# and the free ones hold at most 1/WORKER_ARENA_SHARE of this machine's memory (_shm.Arena)
+MAX_LENT = 8
+WORKER_ARENA_SHARE = 32
+
 
 class ThreadStopped(BaseException):
     """Raised inside a threading-engine worker that is being stopped (a timeout, an
@@ -230,7 +235,11 @@ class Runner:
         self.slot = slot
         self.caller = 0  # the caller's pid (Hello): whose /proc fds hold shared memory
         self.results_shm = False  # Hello.results_shm: large result buffers in shared memory
-        self._held: set[tuple[int, str]] = set()  # (fd, name) of those the caller may map
+        # result segments (_shm): those the caller may map, those it maps (until its Reuse),
+        # and free ones for later results (an Arena, made with the first)
+        self._held: dict[tuple[int, str], Any] = {}  # (fd, name) -> _shm._Seg
+        self._lent: dict[tuple[int, str], Any] = {}
+        self._arena: Any = None
         self.wid = -1
         self.fns: OrderedDict[bytes, Any] = OrderedDict()
         self.cancelled: set[int] = set()
@@ -328,10 +337,11 @@ class Runner:
         # send
         # them again.
         slot[0], slot[1], slot[2] = msg.job_id, msg.chunk_id, STAGE_LOADING
+        mapped: list[Any] = []  # (weak references to the mappings of its arguments)
         if msg.shm:
             from .._shm import attach
 
-            attach(buffers, msg.shm, self.caller)
+            mapped = attach(buffers, msg.shm, self.caller)
         if msg.refs or msg.drop:  # also for a skipped chunk: the kernel mirrors what we hold
             _take_refs(msg, buffers)  # (their buffers leave the list: the items' are left)
         if msg.log_levels is not None and not self.thread:
@@ -379,8 +389,11 @@ class Runner:
         elapsed = time.perf_counter() - t0
         flush_std()  # a partial line too: the kernel reads the output when ChunkDone comes
         # (slot[2] stays STAGE_PICKLING until the transport has sent the results)
+        # Nothing here holds the arguments' memory any more (the task kept no array of it): the
+        # caller may write other arguments there (_shm.Arena)
+        unmapped = bool(mapped) and all(ref() is None for ref in mapped)
         done = ChunkDone(
-            wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures), False, slowest, shm
+            wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures), False, slowest, shm, unmapped
         )
         return done, [data, *out]
 
@@ -391,19 +404,39 @@ class Runner:
         caller runs the chunk again."""
         from .. import _shm
 
-        out, segments = _shm.share(out)
+        if self._arena is None:
+            self._arena = _shm.Arena(_shm.default_cap(WORKER_ARENA_SHARE))
+        out, segments = _shm.share(out, self._arena)
         if segments is None:
             return out, ()
-        for fd, _, name in segments.fds.values():
-            self._held.add((fd, name))
+        for seg, _ in segments.segs.values():
+            self._held[seg.fd, seg.name] = seg
         described = _shm.describe(segments, offset=1)
-        segments.fds = {}  # (ours to close now: release)
+        segments.segs = {}  # (ours to close now: release)
         return out, described
 
-    def release(self, fds: tuple[tuple[int, str], ...]) -> None:
-        import os
+    def release(self, fds: tuple[tuple[int, str], ...], lent: bool) -> None:
+        """The caller has mapped these result segments (``lent``: and will say when it no
+        longer does), or could not."""
+        for key in fds:
+            seg = self._held.pop(key, None)
+            if seg is None:
+                continue
+            # (a few only: each holds an fd while the caller keeps its result, maybe for hours)
+            if lent and len(self._lent) < MAX_LENT:
+                self._lent[key] = seg
+            else:
+                seg.close()
 
-        for fd, name in fds:
-            if (fd, name) in self._held:
-                self._held.discard((fd, name))
-                os.close(fd)
+    def reuse(self, fds: tuple[tuple[int, str], ...]) -> None:
+        for key in fds:
+            seg = self._lent.pop(key, None)
+            if seg is not None:
+                self._arena.give(seg)
+
+    def trim(self) -> float:
+        """Close the free result segments unused for a while. While some are left: how long to
+        wait before the next trim (0.0 when none is)."""
+        if self._arena is None or not self._arena.trim():
+            return 0.0
+        return float(self._arena.IDLE_S)

@@ -4,6 +4,7 @@ nothing left behind when a worker is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -13,6 +14,8 @@ import pytest
 from proc_util import dev_shm_files, wait_until
 
 import nbpool
+from nbpool import _shm
+from nbpool._worker.runner import MAX_LENT
 
 np = pytest.importorskip("numpy")
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux /proc")
@@ -33,8 +36,10 @@ def _open_segments(pid: int = 0) -> int:
 
 
 def _mapped_segments() -> int:
+    """Workers' segments this process maps: its results (the arena's own are not counted)."""
+    own = f"memfd:nbpool-{os.getpid()}-"
     with open("/proc/self/maps") as fh:
-        return sum(bool(SEGMENT.search(line)) for line in fh)
+        return sum(bool(SEGMENT.search(line)) and own not in line for line in fh)
 
 
 def _echo(a):
@@ -43,6 +48,38 @@ def _echo(a):
 
 def _scaled(a, k):
     return a * k, float(a.sum())
+
+
+def _segment_names(pid: int = 0) -> set[str]:
+    """The names of the nbpool segments a process holds open, or (``pid`` 0) the workers'
+    segments this process maps."""
+    names = set()
+    if pid:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                names.update(SEGMENT_NAME.findall(os.readlink(f"/proc/{pid}/fd/{fd}")))
+    else:
+        with open("/proc/self/maps") as fh:
+            names.update(SEGMENT_NAME.findall(fh.read()))
+        names = {n for n in names if not n.startswith(f"nbpool-{os.getpid()}-")}
+    return names
+
+
+SEGMENT_NAME = re.compile(r"memfd:(nbpool-\d+-\d+)")
+
+
+def _keep_first(state, a):
+    """Keeps its first argument in the worker's state; says whether that array still holds
+    what it held when it came."""
+    if "kept" not in state:
+        state["kept"] = (a, a.copy())
+    kept, copy = state["kept"]
+    return bool(np.array_equal(kept, copy)), float(a.sum())
+
+
+def _negate_and_sum(a):
+    a *= -1.0  # (written in the worker: copied on write there, never seen by anyone else)
+    return float(a.sum())
 
 
 def _sleep_then_sum(a):
@@ -64,13 +101,14 @@ def test_large_arguments_and_results_are_the_same_and_every_segment_is_closed(en
         # results are private copies: writing one changes nothing else
         out[0][0] = -1.0
         assert out[1][0] == 1.0 and arrays[0][0] == 0.0
-        # argument segments are closed when their chunks are back ...
-        assert _open_segments() == before
-        # ... and each worker closes its result segments once the caller has mapped them
+        # argument segments are closed when their chunks are back, or kept for later
+        # arguments (_shm.Arena: a few fds at most) ...
+        assert _open_segments() - before <= 2 * _shm.Arena.MAX_FREE
+        # ... and each worker keeps a few of its result segments open, for later results
         pids = pool._engine.worker_pids()
-        assert wait_until(lambda: all(_open_segments(p) == 0 for p in pids))
-        # the results the caller keeps are mapped (no copy) and hold no fd (asserted above),
-        # so thousands of them cannot meet the fd limit
+        assert wait_until(lambda: all(_open_segments(p) <= 2 * MAX_LENT for p in pids))
+        # the results the caller keeps are mapped (no copy) and hold no fd, so thousands of
+        # them cannot meet the fd limit
         assert _mapped_segments() >= len(arrays)
         del out, pairs
         import gc
@@ -115,3 +153,56 @@ def test_results_outlive_the_pool_that_made_them_and_are_unmapped_when_dropped(e
 
     gc.collect()
     assert _mapped_segments() == 0
+
+
+def test_argument_memory_is_reused_once_the_worker_holds_none_of_it(engine):
+    arrays = [np.full(300_000, float(k)) for k in range(8)]  # 2.4 MB each
+    sums = [float(a.sum()) for a in arrays]
+    with nbpool.Pool(1, **engine) as pool:
+        assert pool.map(_negate_and_sum, arrays, 1) == [-x for x in sums]
+        first = _segment_names(os.getpid())
+        # the same memory carries the next arguments: what a task wrote to its copy is gone
+        assert pool.map(_negate_and_sum, arrays, 1) == [-x for x in sums]
+        assert first and _segment_names(os.getpid()) == first
+        assert all(a[0] == k for k, a in enumerate(arrays))  # the caller's arrays: untouched
+    assert _open_segments() == 0
+    # a task that keeps an argument keeps its memory: later arguments go elsewhere
+    with nbpool.Pool(1, use_worker_state=True, **engine) as pool:
+        out = pool.map(_keep_first, arrays + arrays, 1)
+        assert out == [(True, x) for x in sums + sums]
+    assert _open_segments() == 0
+
+
+def test_result_memory_is_reused_once_the_caller_dropped_the_result(engine):
+    import gc
+
+    n = 400_000  # 3.2 MB
+    with nbpool.Pool(1, **engine) as pool:
+        r = pool.apply(np.full, (n, 1.0))
+        first = _segment_names()
+        assert len(first) == 1 and r.sum() == n
+        del r
+        gc.collect()
+        assert _segment_names() == set()
+        kept = pool.apply(np.full, (n, 2.0))  # the same memory again ...
+        assert _segment_names() == first
+        other = pool.apply(np.full, (n, 3.0))  # ... but not while the caller maps it
+        assert len(_segment_names()) == 2
+        assert float(kept.sum()) == 2.0 * n and float(other.sum()) == 3.0 * n
+    del kept, other
+    gc.collect()
+    assert _segment_names() == set()
+
+
+def test_memory_kept_for_reuse_is_freed_when_unused(engine, monkeypatch):
+    import gc
+
+    monkeypatch.setenv("NBPOOL_SHM_KEEP_S", "0.5")  # (the workers read it as they start)
+    monkeypatch.setattr(_shm.Arena, "IDLE_S", 0.5)  # (this process read it at import)
+    with nbpool.Pool(1, **engine) as pool:
+        (pid,) = pool._engine.worker_pids()
+        r = pool.apply(np.full, (400_000, 1.0))  # a large argument, and a large result
+        assert pool.apply(_negate_and_sum, (r,)) == -400_000.0
+        del r
+        gc.collect()
+        assert wait_until(lambda: _open_segments() == 0 and _open_segments(pid) == 0, 10)
