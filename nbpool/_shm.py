@@ -50,6 +50,16 @@ if TYPE_CHECKING:
 SHM_MIN = 1 << 20  # smaller buffers are cheaper to copy through the socket
 _tokens = itertools.count(1)
 
+# How many times this process has forked. A child inherits our private mappings, and its view
+# of a page it never wrote follows the file: memory mapped before a fork is never reused.
+_forks = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_parent=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
+
+def forks() -> int:
+    return _forks[0]
+
 
 def available() -> bool:
     return hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd")
@@ -70,7 +80,7 @@ class _Seg:
             done = 0  # its fresh pages directly (~1.7x faster here than faulting them in)
             while done < view.nbytes:
                 done += os.pwrite(self.fd, view[done:], done)
-        else:  # reused: its pages exist, and our mapping of them too: a plain copy (~10 GB/s)
+        else:  # reused, with our mapping of its pages: a plain copy (~10 GB/s here)
             self.view[: view.nbytes] = view
 
     def close(self) -> None:
@@ -109,15 +119,20 @@ class Arena:
     fills at ~1.4 GB/s here, one whose pages exist at ~10 GB/s through a mapping kept open
     (``benchmarks/memcopy.py``). So a segment is reused, once its worker has unmapped it (an
     array a task kept would otherwise change under it), by a later argument of its size. A
-    free segment is closed after ``IDLE_S`` unused, and the free ones hold at most ``cap``
+    free segment is closed after ``keep_s`` unused, and the free ones hold at most ``cap``
     bytes and ``MAX_FREE`` fds.
     """
 
-    IDLE_S = 10.0  # (NBPOOL_SHM_KEEP_S sets it; 0: nothing is kept, see _keep_s)
+    KEEP_S = 10.0  # the default of keep_s
     MAX_FREE = 16
 
-    def __init__(self, cap: int | None = None) -> None:
+    def __init__(self, cap: int | None = None, mapped: bool = True) -> None:
         self.cap = default_cap(8) if cap is None else cap
+        self.keep_s = _keep_s()  # (read now: a notebook may set it after importing nbpool)
+        # Copy into a reused segment through a mapping of it kept open (2.5x faster than pwrite
+        # here); not in a worker, whose RSS would then count that memory against
+        # max_memory_per_worker (written with pwrite: no page of it is ever in its RSS)
+        self.mapped = mapped
         self.free: list[_Seg] = []  # oldest first
         self.size = 0  # bytes of the free ones
 
@@ -130,16 +145,16 @@ class Arena:
             ):
                 best = seg
         if best is not None:
+            if best.view is None and self.mapped:
+                best.view = mmap.mmap(best.fd, best.capacity, flags=mmap.MAP_SHARED)
             self.free.remove(best)
             self.size -= best.capacity
-            if best.view is None:
-                best.view = mmap.mmap(best.fd, best.capacity, flags=mmap.MAP_SHARED)
         return best
 
     def give(self, seg: _Seg) -> None:
         import time
 
-        if seg.capacity > self.cap or self.IDLE_S <= 0:
+        if seg.capacity > self.cap or self.keep_s <= 0:
             seg.close()
             return
         seg.used = time.monotonic()
@@ -150,10 +165,10 @@ class Arena:
             self.free.pop(0).close()
 
     def trim(self) -> bool:
-        """Close the segments unused for ``IDLE_S``. True while some are left."""
+        """Close the segments unused for ``keep_s``. True while some are left."""
         import time
 
-        limit = time.monotonic() - self.IDLE_S
+        limit = time.monotonic() - self.keep_s
         while self.free and self.free[0].used <= limit:
             self.size -= self.free[0].capacity
             self.free.pop(0).close()
@@ -166,13 +181,12 @@ class Arena:
 
 
 def _keep_s() -> float:
+    """``NBPOOL_SHM_KEEP_S``: 0 (keep nothing) to 3600 seconds; anything else: the default."""
     try:
-        return max(0.0, float(os.environ.get("NBPOOL_SHM_KEEP_S", Arena.IDLE_S)))
+        keep = float(os.environ.get("NBPOOL_SHM_KEEP_S", Arena.KEEP_S))
     except ValueError:
-        return Arena.IDLE_S
-
-
-Arena.IDLE_S = _keep_s()
+        return Arena.KEEP_S
+    return keep if 0.0 <= keep <= 3600.0 else Arena.KEEP_S
 
 
 def default_cap(share: int) -> int:
@@ -231,12 +245,13 @@ def attach(
     shm: tuple[tuple[int, int, int, str], ...],
     owner: int,
     many: bool = False,
-    unmapped: Callable[[int, str], object] | None = None,
+    unmapped: Callable[[int, str, bool], object] | None = None,
 ) -> list[Any]:
     """Put ``owner``'s shared-memory segments in place in ``buffers``: private (copy-on-write)
     mappings. ``many``: the caller's results, which it may keep by the thousand: mapped without
-    holding an fd each, and ``unmapped(fd, name)`` called once each mapping is gone. Returns
-    weak references to the mappings (not for ``many``): dead once nothing uses that memory."""
+    holding an fd each, and ``unmapped(fd, name, reusable)`` called once each is gone. Returns
+    (index, weak reference to its mapping) for each (not for ``many``): the reference is dead
+    once nothing uses that memory."""
     import weakref
 
     mapped = []
@@ -247,7 +262,9 @@ def attach(
         own = os.open(path, os.O_RDONLY)
         try:
             if many:
-                then = None if unmapped is None else functools.partial(unmapped, fd, name)
+                then = None
+                if unmapped is not None:
+                    then = functools.partial(_unmapped_since, forks(), unmapped, fd, name)
                 buffers[index] = _map_without_fd(own, size, then)
                 continue
             m = mmap.mmap(
@@ -260,7 +277,7 @@ def attach(
         finally:
             os.close(own)
         buffers[index] = memoryview(m)
-        mapped.append(weakref.ref(m))
+        mapped.append((index, weakref.ref(m)))
     return mapped
 
 
@@ -276,8 +293,17 @@ def _map_without_fd(fd: int, size: int, then: Callable[[], object] | None) -> me
         err = ctypes.get_errno()
         raise OSError(err, f"mmap: {os.strerror(err)}")
     region = (ctypes.c_char * size).from_address(addr)
-    weakref.finalize(region, _unmap, addr, size, then)
+    # (not at exit: an array may still be read then, by an atexit hook or a daemon thread)
+    weakref.finalize(region, _unmap, addr, size, then).atexit = False
     return memoryview(region).cast("B")
+
+
+def _unmapped_since(
+    forked: int, unmapped: Callable[[int, str, bool], object], fd: int, name: str
+) -> None:
+    """``unmapped(fd, name, reusable)``: reusable unless this process forked since it mapped
+    it (a child may still map it)."""
+    unmapped(fd, name, forks() == forked)
 
 
 def _unmap(addr: int, size: int, then: Callable[[], object] | None) -> None:

@@ -66,6 +66,7 @@ from .._worker.functions import FnPayload
 from .._worker.message import Message
 from .._worker.protocol import (
     Hello,
+    Release,
     Reuse,
     Shutdown,
 )
@@ -111,6 +112,7 @@ class Unmapped(Message):
     worker: Any  # the WorkerHandle
     fd: int
     name: str
+    reusable: bool  # False: a child forked since may map it still; the worker closes it
 
 
 class Watch(Message):
@@ -314,7 +316,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
                 os.write(self._wake_w, b"x")
 
     def _trim_arena_later(self) -> None:
-        """Close the arena's segments once they have been unused for ``Arena.IDLE_S``."""
+        """Close the arena's segments once they have been unused for ``keep_s``."""
         if self._arena_trim_due:
             return
         self._arena_trim_due = True
@@ -324,7 +326,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             if self._arena.trim():
                 self._trim_arena_later()
 
-        self._timers.call_later(Arena.IDLE_S, trim)
+        self._timers.call_later(self._arena.keep_s, trim)
 
     # ------------------------------------------------------------------ the loop
 
@@ -369,24 +371,26 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         finally:
             self._teardown()
 
-    def _unmapped_notice(self, w: Worker) -> Callable[[int, str], None]:
+    def _unmapped_notice(self, w: Worker) -> Callable[[int, str, bool], None]:
         """What a result's mapping calls when it is gone (from any thread, at any time, the
         pool closed or not): the command that tells its worker."""
-        engine = weakref.ref(self)  # (an array the caller keeps must not keep the pool)
+        # (weak: an array the caller keeps must not keep the pool, nor what its worker held)
+        engine, worker, pid = weakref.ref(self), weakref.ref(w), os.getpid()
 
-        def notice(fd: int, name: str) -> None:
-            e = engine()
-            if e is not None:
-                e._command(Unmapped(w, fd, name))
+        def notice(fd: int, name: str, reusable: bool) -> None:
+            e, w = engine(), worker()
+            # (not in a forked child: the pipe and the lock are the parent's)
+            if e is not None and w is not None and os.getpid() == pid:
+                e._command(Unmapped(w, fd, name, reusable))
 
         return notice
 
     def _drain_commands(self) -> None:
-        reuse: dict[Worker, list[tuple[int, str]]] = {}
+        reuse: dict[tuple[Worker, bool], list[tuple[int, str]]] = {}
         while self._commands:
             cmd = self._commands.popleft()
-            if isinstance(cmd, Unmapped):  # (batched: one Reuse per worker)
-                reuse.setdefault(cmd.worker, []).append((cmd.fd, cmd.name))
+            if isinstance(cmd, Unmapped):  # (batched: one message per worker)
+                reuse.setdefault((cmd.worker, cmd.reusable), []).append((cmd.fd, cmd.name))
             elif isinstance(cmd, Submit):
                 self._jobs[cmd.job.id] = cmd.job
                 self._pending.append(cmd.job)
@@ -405,9 +409,9 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
                 self._closing = True
             elif isinstance(cmd, Terminate):
                 self._terminating = True
-        for w, fds in reuse.items():
+        for (w, reusable), fds in reuse.items():
             if not w.dead:
-                self._send(w, Reuse(tuple(fds)))
+                self._send(w, Reuse(tuple(fds)) if reusable else Release(tuple(fds)))
 
     def _drop_ref(self, ref_id: int) -> None:
         entry = self.refs.pop(ref_id, None)
@@ -472,6 +476,7 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
             shm=shm,
             stored_shared=stored,
             results_shm=w.maps_memory,  # (the worker's _shm.share says if there is memfd)
+            arena_cap=self._arena.cap // self.nworkers,
         )
         if self._worker_init is not None:  # its globals are applied in the worker too
             w.globals.update({(m, name): got for m, name, got, _ in self._worker_init.globals})

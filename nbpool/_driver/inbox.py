@@ -130,8 +130,11 @@ class InboxMixin(EngineState):
 
     def _on_chunk_done(self, w: Worker, msg: ChunkDone, buffers: list[bytearray]) -> None:
         chunk = self._pop_chunk(w, msg.job_id, msg.chunk_id, msg.unmapped)
-        if chunk is None:
-            return
+        if chunk is None or chunk.job.cancelled or chunk.job.failed_fn or msg.skipped:
+            if msg.shm and not w.dead:  # results nobody will read: the worker closes them
+                self._send(w, Release(tuple((fd, name) for _, fd, _, name in msg.shm)))
+            if chunk is None:
+                return
         job = chunk.job
         w.last_output, w.last_job = job.output, job.id
         w.chunks_done += 1

@@ -153,4 +153,5 @@ def main() -> None:
         ch.send(reply, out)
         del out
         slot[2] = STAGE_IDLE
+        runner.trim()  # (a worker that is never idle trims too)
     flush_std()

@@ -76,6 +76,9 @@ class Hello(Message):
     # large result buffers go back in the worker's shared memory (ChunkDone.shm): the caller
     # maps them (a worker on the caller's machine, under the caller's eyes: see nbpool._shm)
     results_shm: bool = False
+    # bytes of free result segments it keeps for later results (_shm.Arena): the caller's share
+    # of the memory, divided among its workers
+    arena_cap: int = 0
 
 
 # How many distinct functions a worker keeps loaded; the caller mirrors this LRU exactly.

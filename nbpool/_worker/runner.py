@@ -53,10 +53,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Runner", "flush_std"]
 
-# Result segments: at most this many kept open while the caller maps them (each holds an fd),
-# and the free ones hold at most 1/WORKER_ARENA_SHARE of this machine's memory (_shm.Arena)
+# Result segments: at most this many kept open while the caller maps them (each holds an fd)
 MAX_LENT = 8
-WORKER_ARENA_SHARE = 32
 
 
 class ThreadStopped(BaseException):
@@ -154,6 +152,12 @@ def _run_items_timed(
     return results, failures, tuple((i, seconds) for seconds, i in slowest)
 
 
+def _forks() -> int:
+    from .._shm import forks
+
+    return forks()
+
+
 def _take_refs(msg: RunChunk, buffers: list[Any]) -> None:
     from . import refs
 
@@ -235,6 +239,7 @@ class Runner:
         self.slot = slot
         self.caller = 0  # the caller's pid (Hello): whose /proc fds hold shared memory
         self.results_shm = False  # Hello.results_shm: large result buffers in shared memory
+        self.arena_cap = 0  # Hello.arena_cap: bytes of free result segments kept
         # result segments (_shm): those the caller may map, those it maps (until its Reuse),
         # and free ones for later results (an Arena, made with the first)
         self._held: dict[tuple[int, str], Any] = {}  # (fd, name) -> _shm._Seg
@@ -263,6 +268,7 @@ class Runner:
         wid = self.wid = hello.worker_id
         self.caller = parent
         self.results_shm = hello.results_shm
+        self.arena_cap = hello.arena_cap
         host, node = host or hello.host, node or hello.node
         if self.thread:
             import socket
@@ -338,10 +344,13 @@ class Runner:
         # them again.
         slot[0], slot[1], slot[2] = msg.job_id, msg.chunk_id, STAGE_LOADING
         mapped: list[Any] = []  # (weak references to the mappings of its arguments)
+        forked = 0
         if msg.shm:
-            from .._shm import attach
+            from .._shm import attach, forks
 
-            mapped = attach(buffers, msg.shm, self.caller)
+            forked = forks()
+            own = len(buffers) - sum(max(n, 1) for _, n in msg.refs)  # (not the put objects')
+            mapped = [ref for i, ref in attach(buffers, msg.shm, self.caller) if i < own]
         if msg.refs or msg.drop:  # also for a skipped chunk: the kernel mirrors what we hold
             _take_refs(msg, buffers)  # (their buffers leave the list: the items' are left)
         if msg.log_levels is not None and not self.thread:
@@ -389,9 +398,9 @@ class Runner:
         elapsed = time.perf_counter() - t0
         flush_std()  # a partial line too: the kernel reads the output when ChunkDone comes
         # (slot[2] stays STAGE_PICKLING until the transport has sent the results)
-        # Nothing here holds the arguments' memory any more (the task kept no array of it): the
-        # caller may write other arguments there (_shm.Arena)
-        unmapped = bool(mapped) and all(ref() is None for ref in mapped)
+        # Nothing here holds the arguments' memory any more (the task kept no array of it, and
+        # started no process that may have): the caller may write other arguments there
+        unmapped = bool(mapped) and all(ref() is None for ref in mapped) and _forks() == forked
         done = ChunkDone(
             wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures), False, slowest, shm, unmapped
         )
@@ -405,7 +414,7 @@ class Runner:
         from .. import _shm
 
         if self._arena is None:
-            self._arena = _shm.Arena(_shm.default_cap(WORKER_ARENA_SHARE))
+            self._arena = _shm.Arena(self.arena_cap, mapped=False)
         out, segments = _shm.share(out, self._arena)
         if segments is None:
             return out, ()
@@ -417,16 +426,22 @@ class Runner:
 
     def release(self, fds: tuple[tuple[int, str], ...], lent: bool) -> None:
         """The caller has mapped these result segments (``lent``: and will say when it no
-        longer does), or could not."""
+        longer does), or could not, or will not (it was not lent: close them), or no longer
+        maps them but cannot say nobody does (a lent one, not lent: close it)."""
         for key in fds:
             seg = self._held.pop(key, None)
             if seg is None:
+                seg, lent = self._lent.pop(key, None), False
+            if seg is None:
                 continue
-            # (a few only: each holds an fd while the caller keeps its result, maybe for hours)
-            if lent and len(self._lent) < MAX_LENT:
-                self._lent[key] = seg
-            else:
+            if not lent:
                 seg.close()
+                continue
+            self._lent[key] = seg
+            # (a few only: each holds an fd while the caller keeps its result, maybe for hours;
+            # the one lent longest ago is the likeliest to be kept)
+            if len(self._lent) > MAX_LENT:
+                self._lent.pop(next(iter(self._lent))).close()
 
     def reuse(self, fds: tuple[tuple[int, str], ...]) -> None:
         for key in fds:
@@ -439,4 +454,4 @@ class Runner:
         wait before the next trim (0.0 when none is)."""
         if self._arena is None or not self._arena.trim():
             return 0.0
-        return float(self._arena.IDLE_S)
+        return float(self._arena.keep_s)

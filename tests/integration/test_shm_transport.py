@@ -197,8 +197,7 @@ def test_result_memory_is_reused_once_the_caller_dropped_the_result(engine):
 def test_memory_kept_for_reuse_is_freed_when_unused(engine, monkeypatch):
     import gc
 
-    monkeypatch.setenv("NBPOOL_SHM_KEEP_S", "0.5")  # (the workers read it as they start)
-    monkeypatch.setattr(_shm.Arena, "IDLE_S", 0.5)  # (this process read it at import)
+    monkeypatch.setenv("NBPOOL_SHM_KEEP_S", "0.5")  # (read by the pool and its workers)
     with nbpool.Pool(1, **engine) as pool:
         (pid,) = pool._engine.worker_pids()
         r = pool.apply(np.full, (400_000, 1.0))  # a large argument, and a large result
@@ -206,3 +205,61 @@ def test_memory_kept_for_reuse_is_freed_when_unused(engine, monkeypatch):
         del r
         gc.collect()
         assert wait_until(lambda: _open_segments() == 0 and _open_segments(pid) == 0, 10)
+
+
+def _ones_when_told(args):
+    """Item 0 at once; the others once ``flag`` exists (5 s at most)."""
+    i, flag = args
+    deadline = time.monotonic() + 5
+    while i and not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return np.ones(400_000)
+
+
+def test_results_nobody_reads_are_freed_in_the_worker(engine, monkeypatch, tmp_path):
+    import gc
+
+    monkeypatch.setenv("NBPOOL_SHM_KEEP_S", "0.5")
+    flag = str(tmp_path / "go")
+    with nbpool.Pool(1, **engine) as pool:
+        (pid,) = pool._engine.worker_pids()
+        it = pool.imap(_ones_when_told, [(i, flag) for i in range(4)], 1)
+        first = next(it)
+        del it  # cancels the rest: item 1 is running, and ends within the grace ...
+        gc.collect()
+        open(flag, "w").close()
+        # ... so its results come back for a job nobody reads: the worker must not keep them
+        time.sleep(0.3)
+        del first
+        gc.collect()
+        assert wait_until(lambda: _open_segments(pid) == 0, 10)
+        assert pool.apply(float, (3,)) == 3.0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # (fork with threads, 3.12+)
+def test_a_result_a_forked_child_still_maps_is_never_reused(engine):
+    import gc
+
+    n = 400_000
+    with nbpool.Pool(1, **engine) as pool:
+        r = pool.apply(np.full, (n, 1.0))
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of r must keep what it held
+            try:
+                os.close(wfd)
+                os.read(rfd, 1)
+                os._exit(0 if bool((r == 1.0).all()) else 7)
+            finally:
+                os._exit(9)
+        os.close(rfd)
+        try:
+            del r  # unmapped here, but not in the child
+            gc.collect()
+            other = pool.apply(np.full, (n, 2.0))
+            assert float(other.sum()) == 2.0 * n
+        finally:
+            os.write(wfd, b"x")
+            os.close(wfd)
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
