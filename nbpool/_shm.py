@@ -41,6 +41,7 @@ import itertools
 import mmap
 import os
 import sys
+import time
 
 TYPE_CHECKING = False  # see nbpool/__init__.py: no typing import on the worker's path
 if TYPE_CHECKING:
@@ -127,14 +128,18 @@ class Arena:
     MAX_FREE = 16
 
     def __init__(self, cap: int | None = None, mapped: bool = True) -> None:
-        self.cap = default_cap(8) if cap is None else cap
+        self.cap = _default_cap() if cap is None else cap
         self.keep_s = _keep_s()  # (read now: a notebook may set it after importing nbpool)
         # Copy into a reused segment through a mapping of it kept open (2.5x faster than pwrite
         # here); not in a worker, whose RSS would then count that memory against
         # max_memory_per_worker (written with pwrite: no page of it is ever in its RSS)
         self.mapped = mapped
         self.free: list[_Seg] = []  # oldest first
-        self.size = 0  # bytes of the free ones
+
+    @property
+    def size(self) -> int:
+        """Bytes of the free ones."""
+        return sum(seg.capacity for seg in self.free)
 
     def take(self, nbytes: int) -> _Seg | None:
         """The smallest free segment that holds ``nbytes`` and is not more than twice that."""
@@ -148,34 +153,26 @@ class Arena:
             if best.view is None and self.mapped:
                 best.view = mmap.mmap(best.fd, best.capacity, flags=mmap.MAP_SHARED)
             self.free.remove(best)
-            self.size -= best.capacity
         return best
 
     def give(self, seg: _Seg) -> None:
-        import time
-
         if seg.capacity > self.cap or self.keep_s <= 0:
             seg.close()
             return
         seg.used = time.monotonic()
         self.free.append(seg)
-        self.size += seg.capacity
         while self.size > self.cap or len(self.free) > self.MAX_FREE:
-            self.size -= self.free[0].capacity
             self.free.pop(0).close()
 
     def trim(self) -> bool:
         """Close the segments unused for ``keep_s``. True while some are left."""
-        import time
-
         limit = time.monotonic() - self.keep_s
         while self.free and self.free[0].used <= limit:
-            self.size -= self.free[0].capacity
             self.free.pop(0).close()
         return bool(self.free)
 
     def close(self) -> None:
-        free, self.free, self.size = self.free, [], 0
+        free, self.free = self.free, []
         for seg in free:
             seg.close()
 
@@ -189,13 +186,13 @@ def _keep_s() -> float:
     return keep if 0.0 <= keep <= 3600.0 else Arena.KEEP_S
 
 
-def default_cap(share: int) -> int:
-    """1/``share`` of this machine's memory, and 2 GiB at most."""
+def _default_cap() -> int:
+    """An eighth of this machine's memory, and 2 GiB at most."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         total = 8 << 30
-    return min(2 << 30, total // share)
+    return min(2 << 30, total // 8)
 
 
 def share(buffers: list[Any], arena: Arena | None = None) -> tuple[list[Any], Segments | None]:
@@ -245,11 +242,11 @@ def attach(
     shm: tuple[tuple[int, int, int, str], ...],
     owner: int,
     many: bool = False,
-    unmapped: Callable[[int, str, bool], object] | None = None,
+    unmapped: Callable[[int, str], object] | None = None,
 ) -> list[Any]:
     """Put ``owner``'s shared-memory segments in place in ``buffers``: private (copy-on-write)
     mappings. ``many``: the caller's results, which it may keep by the thousand: mapped without
-    holding an fd each, and ``unmapped(fd, name, reusable)`` called once each is gone. Returns
+    holding an fd each, and ``unmapped(fd, name)`` called once each is gone. Returns
     (index, weak reference to its mapping) for each (not for ``many``): the reference is dead
     once nothing uses that memory."""
     import weakref
@@ -262,9 +259,7 @@ def attach(
         own = os.open(path, os.O_RDONLY)
         try:
             if many:
-                then = None
-                if unmapped is not None:
-                    then = functools.partial(_unmapped_since, forks(), unmapped, fd, name)
+                then = None if unmapped is None else functools.partial(unmapped, fd, name)
                 buffers[index] = _map_without_fd(own, size, then)
                 continue
             m = mmap.mmap(
@@ -296,14 +291,6 @@ def _map_without_fd(fd: int, size: int, then: Callable[[], object] | None) -> me
     # (not at exit: an array may still be read then, by an atexit hook or a daemon thread)
     weakref.finalize(region, _unmap, addr, size, then).atexit = False
     return memoryview(region).cast("B")
-
-
-def _unmapped_since(
-    forked: int, unmapped: Callable[[int, str, bool], object], fd: int, name: str
-) -> None:
-    """``unmapped(fd, name, reusable)``: reusable unless this process forked since it mapped
-    it (a child may still map it)."""
-    unmapped(fd, name, forks() == forked)
 
 
 def _unmap(addr: int, size: int, then: Callable[[], object] | None) -> None:

@@ -60,7 +60,7 @@ from .._engines.local import Worker as LocalWorker
 from .._errors import PoolClosedError
 from .._events import EventThread
 from .._jobs import Job
-from .._shm import Arena, Segments
+from .._shm import Arena, Segments, forks
 from .._shm import describe as describe_shm
 from .._worker.functions import FnPayload
 from .._worker.message import Message
@@ -371,17 +371,18 @@ class Engine(SchedulingMixin, InboxMixin, FaultsMixin, ProgressMixin):
         finally:
             self._teardown()
 
-    def _unmapped_notice(self, w: Worker) -> Callable[[int, str, bool], None]:
-        """What a result's mapping calls when it is gone (from any thread, at any time, the
-        pool closed or not): the command that tells its worker."""
+    def _unmapped_notice(self, w: Worker) -> Callable[[int, str], None]:
+        """What a result's mapping, made now, calls when it is gone (from any thread, at any
+        time, the pool closed or not): the command that tells its worker. Its memory is
+        reusable unless this process forked meanwhile (a child may still map it)."""
         # (weak: an array the caller keeps must not keep the pool, nor what its worker held)
-        engine, worker, pid = weakref.ref(self), weakref.ref(w), os.getpid()
+        engine, worker, pid, forked = weakref.ref(self), weakref.ref(w), os.getpid(), forks()
 
-        def notice(fd: int, name: str, reusable: bool) -> None:
+        def notice(fd: int, name: str) -> None:
             e, w = engine(), worker()
             # (not in a forked child: the pipe and the lock are the parent's)
             if e is not None and w is not None and os.getpid() == pid:
-                e._command(Unmapped(w, fd, name, reusable))
+                e._command(Unmapped(w, fd, name, forks() == forked))
 
         return notice
 

@@ -130,15 +130,17 @@ class InboxMixin(EngineState):
 
     def _on_chunk_done(self, w: Worker, msg: ChunkDone, buffers: list[bytearray]) -> None:
         chunk = self._pop_chunk(w, msg.job_id, msg.chunk_id, msg.unmapped)
-        if chunk is None or chunk.job.cancelled or chunk.job.failed_fn or msg.skipped:
-            if msg.shm and not w.dead:  # results nobody will read: the worker closes them
-                self._send(w, Release(tuple((fd, name) for _, fd, _, name in msg.shm)))
-            if chunk is None:
-                return
+        wanted = chunk is not None and not (
+            msg.skipped or chunk.job.cancelled or chunk.job.failed_fn
+        )
+        if msg.shm and not wanted:  # results nobody will read: the worker closes them
+            self._release_results(w, msg, lent=False)
+        if chunk is None:
+            return
         job = chunk.job
         w.last_output, w.last_job = job.output, job.id
         w.chunks_done += 1
-        if not msg.skipped and not job.cancelled and not job.failed_fn:
+        if wanted:
             job.record_time(chunk.count, msg.elapsed)
             self._slot_done[w.wid] += chunk.count
             failures: dict[int, BaseException] = {}
@@ -171,17 +173,19 @@ class InboxMixin(EngineState):
         False if they are gone (the worker died after it sent ChunkDone)."""
         from .._shm import attach
 
-        fds = tuple((fd, name) for _, fd, _, name in msg.shm)
         mapped = False
         try:
             attach(buffers, msg.shm, w.pid, many=True, unmapped=self._unmapped_notice(w))
             mapped = True
         except (OSError, RuntimeError):
             pass
-        if not w.dead:
-            # (lent: it keeps them for later results once we say our mappings are gone)
-            self._send(w, Release(fds, lent=mapped))
+        # (lent: it keeps them for later results once we say our mappings are gone)
+        self._release_results(w, msg, lent=mapped)
         return mapped
+
+    def _release_results(self, w: Worker, msg: ChunkDone, lent: bool) -> None:
+        if not w.dead:
+            self._send(w, Release(tuple((fd, name) for _, fd, _, name in msg.shm), lent))
 
     def _insights_chunk(self, w: Worker, msg: ChunkDone, chunk: Chunk) -> None:
         assert self.insights is not None

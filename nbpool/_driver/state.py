@@ -56,7 +56,7 @@ class EngineState:
     _pop_chunk: Callable[..., Chunk | None]
     _arena: Arena
     _trim_arena_later: Callable[[], None]
-    _unmapped_notice: Callable[[Worker], Callable[[int, str, bool], None]]
+    _unmapped_notice: Callable[[Worker], Callable[[int, str], None]]
     _read_output: Callable[[Worker, int], str]
     _flush_output: Callable[[Worker, int], None]
     _flush_partials: Callable[..., None]

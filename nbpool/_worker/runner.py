@@ -152,12 +152,6 @@ def _run_items_timed(
     return results, failures, tuple((i, seconds) for seconds, i in slowest)
 
 
-def _forks() -> int:
-    from .._shm import forks
-
-    return forks()
-
-
 def _take_refs(msg: RunChunk, buffers: list[Any]) -> None:
     from . import refs
 
@@ -400,7 +394,11 @@ class Runner:
         # (slot[2] stays STAGE_PICKLING until the transport has sent the results)
         # Nothing here holds the arguments' memory any more (the task kept no array of it, and
         # started no process that may have): the caller may write other arguments there
-        unmapped = bool(mapped) and all(ref() is None for ref in mapped) and _forks() == forked
+        unmapped = False
+        if mapped:
+            from .._shm import forks
+
+            unmapped = forks() == forked and all(ref() is None for ref in mapped)
         done = ChunkDone(
             wid, msg.job_id, msg.chunk_id, elapsed, tuple(failures), False, slowest, shm, unmapped
         )
