@@ -42,7 +42,10 @@ def run_cell(kc: Any, code: str, timeout: float = 60) -> tuple[str, list[dict[st
     )
     if reply["content"]["status"] != "ok":
         errors = [m["content"] for m in msgs if m["msg_type"] == "error"]
-        raise AssertionError(f"cell failed: {reply['content'].get('ename')}: {errors}\n{code}")
+        status = reply["content"]["status"]  # "aborted": ipykernel dropped it unrun
+        raise AssertionError(
+            f"cell failed ({status}): {reply['content'].get('ename')}: {errors}\n{code}"
+        )
     return out, msgs
 
 

@@ -9,7 +9,7 @@ import time
 
 import psutil
 import pytest
-from kernel_util import kernel, run_cell
+from kernel_util import collect_until_idle, kernel, run_cell
 
 pytestmark = pytest.mark.kernel
 
@@ -23,7 +23,14 @@ def interrupt_after(km, kc, code: str, delay: float = 1.0) -> tuple[dict, float]
     reply = kc.get_shell_msg(timeout=10)
     while reply["parent_header"].get("msg_id") != msg_id:
         reply = kc.get_shell_msg(timeout=10)
-    return reply, time.monotonic() - t0
+    took = time.monotonic() - t0
+    # ipykernel sends an error reply *before* it starts aborting queued execute requests
+    # (stop_on_error) and stops aborting on a later loop turn, so a cell sent the moment the
+    # reply arrives can come back "aborted" unrun (ipython/ipykernel#609). The cell's idle
+    # status is published after that abort window has been scheduled to close: wait for it,
+    # as a notebook front end does before it runs the next cell.
+    collect_until_idle(kc, {msg_id}, timeout=10)
+    return reply, took
 
 
 def test_interrupt_during_map_then_next_cell_runs(tmp_path):
