@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make tour   run the tour notebook headless (installs what it needs first)
+#   make tour   run the tour notebook (notebooks/tour.py) headless (installs what it needs first)
 #   make test   install everything the tests need, lint, type-check and run the whole suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -19,8 +19,8 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check nbpool tests benchmarks tools
-	$(BIN)/ruff format --check nbpool tests benchmarks tools
+	$(BIN)/ruff check nbpool tests benchmarks tools notebooks
+	$(BIN)/ruff format --check nbpool tests benchmarks tools notebooks
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
@@ -61,10 +61,13 @@ smoke: .venv-310/.installed .venv-313/.installed
 test: lint typecheck unit engines smoke
 
 tour: $(BIN)/.installed
-	$(BIN)/python tools/run_notebook.py notebooks/tour.ipynb
+	$(BIN)/python tools/run_notebook.py notebooks/tour.py
 
 # The tour in JupyterLab, to watch the dashboard live (the browser opens it; Ctrl-C stops).
+# The notebooks are text (jupytext percent .py); `jupytext --sync` makes each one's .ipynb twin
+# (ignored by git), and jupytext's server extension keeps the two in step when Lab saves.
 lab: $(BIN)/.installed
+	$(BIN)/jupytext --sync notebooks/*.py
 	$(BIN)/jupyter lab --ip=127.0.0.1 notebooks/tour.ipynb
 
 # run.py also writes results/latest.json and draws results/ratios.png; plot.py redraws it from

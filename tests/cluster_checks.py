@@ -7,14 +7,13 @@ import pathlib
 import sys
 import time
 
-from conftest import HERE, ROOT, _children, clean_env, jupyter_dirs
+from conftest import HERE, ROOT, _children, clean_env, jupyter_dirs, read_notebook
 
-NOTEBOOK = pathlib.Path(ROOT) / "notebooks" / "clusters.ipynb"
+NOTEBOOK = pathlib.Path(ROOT) / "notebooks" / "clusters.py"
 
 
 def check_clusters_notebook(address: str, engine: str, tmp_path, monkeypatch) -> None:
-    """notebooks/clusters.ipynb, unchanged: NBPOOL_ADDRESS is the only switch."""
-    import nbformat
+    """notebooks/clusters.py, unchanged: NBPOOL_ADDRESS is the only switch."""
     from nbclient import NotebookClient
 
     sys.path.insert(0, f"{HERE}/notebooks")
@@ -24,7 +23,7 @@ def check_clusters_notebook(address: str, engine: str, tmp_path, monkeypatch) ->
     for name, path in dirs.items():
         monkeypatch.setenv(name, path)
     env = clean_env(JUPYTER_PLATFORM_DIRS="1", NBPOOL_ADDRESS=address, **dirs)
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = read_notebook(NOTEBOOK)
     before = _children()
     client = NotebookClient(
         nb, timeout=120, startup_timeout=60, kernel_name="python3",

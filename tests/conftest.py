@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 import psutil
 import pytest
@@ -256,3 +257,17 @@ def jupyter_dirs(base: str | os.PathLike[str]) -> dict[str, str]:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+def read_notebook(path: str | os.PathLike[str]) -> Any:
+    """A notebook of notebooks/ (a jupytext text file) as an nbformat notebook with its cells'
+    ids: tools/run_notebook.py's reader, the one ``make tour`` uses."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "run_notebook", os.path.join(ROOT, "tools", "run_notebook.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.read_notebook(path)

@@ -1,6 +1,9 @@
 """Run a notebook headless and print what each cell showed (the ``make tour`` command).
 
-Usage: ``.venv/bin/python tools/run_notebook.py notebooks/tour.ipynb [--output OUT.ipynb]``
+Usage: ``.venv/bin/python tools/run_notebook.py notebooks/tour.py [--output OUT.ipynb]``
+
+The notebooks of notebooks/ are text: jupytext percent-format ``.py`` files, which people edit
+and review as code (``read_notebook`` turns one into a notebook; an ``.ipynb`` runs as it is).
 
 The notebook runs in a real ``python3`` kernel with nbclient, in the notebook's own folder (so a
 module next to it imports, in the kernel and in nbpool's workers), with a 120 s limit per cell.
@@ -65,8 +68,33 @@ def print_cell(cell: nbformat.NotebookNode) -> None:
     out.flush()
 
 
+def read_notebook(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
+    """The notebook at ``path``: an ``.ipynb`` as it is, or a jupytext text notebook.
+
+    A text notebook names its cells in their headers (``# %% id="setup"``); jupytext keeps that
+    as cell metadata, and here it becomes the cell's own id again, so an executed copy has the
+    same stable ids as the text (tests find the cells they check by id).
+    """
+    path = pathlib.Path(path)
+    if path.suffix == ".ipynb":
+        return nbformat.read(path, as_version=4)
+    import jupytext  # only text notebooks need it
+
+    nb = jupytext.read(path)
+    for cell in nb.cells:
+        cell_id = cell.metadata.pop("id", None)
+        if cell_id:
+            cell.id = cell_id
+    ids = [cell.id for cell in nb.cells]
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"{path}: two cells have the same id: {', '.join(twice)}")
+    nbformat.validate(nb)  # an id nbformat does not allow (characters, length)
+    return nb
+
+
 def run(path: pathlib.Path, output: pathlib.Path | None, timeout: int) -> int:
-    nb = nbformat.read(path, as_version=4)
+    nb = read_notebook(path)
     printed: set[int] = set()
 
     def on_cell_executed(cell, cell_index, **_):

@@ -9,12 +9,12 @@ Screenshots go to tests/browser/screenshots/ (git-ignored); look at them after a
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from pathlib import Path
 
 import nbformat
 import psutil
+from conftest import read_notebook  # tests/conftest.py
 
 from .conftest import (
     interrupt,
@@ -26,7 +26,7 @@ from .conftest import (
     write_notebook,
 )
 
-TOUR = Path(__file__).resolve().parents[2] / "notebooks" / "tour.ipynb"
+TOUR = Path(__file__).resolve().parents[2] / "notebooks" / "tour.py"
 DASH = ".nbpool-dash"
 
 
@@ -62,8 +62,9 @@ def output_text(page) -> str:
 
 
 def test_tour_dashboard_live_then_final(jupyter_server, page):
-    shutil.copy(TOUR, jupyter_server.root_dir / "tour.ipynb")
-    n_code = sum(c.cell_type == "code" for c in nbformat.read(TOUR, as_version=4).cells)
+    tour = read_notebook(TOUR)  # the text notebook, as JupyterLab opens it with jupytext
+    nbformat.write(tour, jupyter_server.root_dir / "tour.ipynb")
+    n_code = sum(c.cell_type == "code" for c in tour.cells)
     open_notebook(page, jupyter_server, "tour.ipynb")
     run_all(page)
 

@@ -6,12 +6,12 @@ environment (a kernel that inherits ``PYTEST_CURRENT_TEST`` stops forwarding chi
 nbclient shuts the kernel down when the run ends, pass or fail; ``execute`` then checks that no
 kernel or worker process is left (and so does the autouse ``no_leftovers`` fixture).
 
-The tour's checks find cells by their ids, which tools/make_tour.py sets.
+The notebooks are text (jupytext percent-format ``.py``, read by tools/run_notebook.py's
+``read_notebook``); the checks find cells by the ids their headers give (``# %% id="setup"``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import re
@@ -22,13 +22,12 @@ import time
 import nbformat
 import psutil
 import pytest
-from conftest import ROOT, clean_env, jupyter_dirs
+from conftest import ROOT, clean_env, jupyter_dirs, read_notebook
 from nbclient import NotebookClient
 
 NOTEBOOKS_DIR = pathlib.Path(ROOT) / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.py"))
 RUN_NOTEBOOK = pathlib.Path(ROOT) / "tools" / "run_notebook.py"
-MAKE_TOUR = pathlib.Path(ROOT) / "tools" / "make_tour.py"
 CELL_TIMEOUT_S = 60
 STARTUP_TIMEOUT_S = 60
 TOOL_TIMEOUT_S = 150
@@ -61,7 +60,7 @@ def execute(path: pathlib.Path, env: dict[str, str]) -> nbformat.NotebookNode:
     scoped ``tour`` fixture runs outside the per-test ``no_leftovers`` check).
     """
     before = _children()
-    nb = nbformat.read(path, as_version=4)
+    nb = read_notebook(path)
     client = NotebookClient(
         nb,
         timeout=CELL_TIMEOUT_S,
@@ -122,19 +121,33 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, f"no notebooks found in {NOTEBOOKS_DIR}"
 
 
-def test_notebooks_are_generated_by_make_tour():
-    """notebooks/*.ipynb are what tools/make_tour.py writes: edit the script, not the files."""
-    spec = importlib.util.spec_from_file_location("make_tour", MAKE_TOUR)
-    assert spec is not None and spec.loader is not None
-    make_tour = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_tour)
-    assert sorted(f"{name}.ipynb" for name in make_tour.NOTEBOOKS) == [p.name for p in NOTEBOOKS]
-    for name in make_tour.NOTEBOOKS:
-        expected = nbformat.writes(make_tour.build(name))
-        actual = (NOTEBOOKS_DIR / f"{name}.ipynb").read_text(encoding="utf-8")
-        assert actual.rstrip("\n") == expected.rstrip("\n"), (
-            f"notebooks/{name}.ipynb is out of date: run `.venv/bin/python tools/make_tour.py`"
-        )
+def test_notebooks_are_text_and_no_output_is_committed():
+    """notebooks/ holds text notebooks only, each cell named; no committed ``.ipynb`` anywhere
+    carries outputs (an ``.ipynb`` made from a text notebook is ignored by git)."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z", "--", "*.ipynb"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout.split(b"\0")
+    tracked_nbs = [pathlib.Path(ROOT) / p.decode() for p in tracked if p]
+    assert not [p for p in tracked_nbs if p.parent == NOTEBOOKS_DIR], (
+        "commit the text notebook (notebooks/*.py), not the .ipynb"
+    )
+    for path in tracked_nbs:
+        nb = nbformat.read(path, as_version=4)
+        with_outputs = [c.id for c in nb.cells if c.get("outputs") or c.get("execution_count")]
+        assert not with_outputs, f"{path} was committed with outputs in cells {with_outputs}"
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "notebooks/tour.ipynb"], cwd=ROOT, timeout=30
+    )
+    assert ignored.returncode == 0, "notebooks/*.ipynb must be ignored by git"
+    for path in NOTEBOOKS:
+        nb = read_notebook(path)  # a jupytext notebook, its ids unique and valid
+        assert nb.metadata["jupytext"]["formats"] == "ipynb,py:percent", path
+        unnamed = [c.source[:40] for c in nb.cells if not re.fullmatch(r"[a-z0-9-]+", c.id)]
+        assert not unnamed, f"{path.name}: give these cells an id (# %% id=...): {unnamed}"
 
 
 @pytest.mark.kernel
@@ -152,11 +165,11 @@ def test_notebook_runs_without_errors(path, jupyter_env):
 
 
 def run_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> nbformat.NotebookNode:
-    """notebooks/<name>.ipynb executed in a folder of its own (for a module-scoped fixture: the
+    """notebooks/<name>.py executed in a folder of its own (for a module-scoped fixture: the
     notebook runs once for all the checks on it)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         env = isolate(tmp_path_factory.mktemp(name), monkeypatch)
-        return execute(NOTEBOOKS_DIR / f"{name}.ipynb", env)
+        return execute(NOTEBOOKS_DIR / f"{name}.py", env)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +242,7 @@ def test_tour_pool_closed_at_end(tour):
 def test_run_notebook_tool_prints_outputs(jupyter_env):
     """``make tour``: the tool runs the tour, prints each cell's outputs and exits 0."""
     proc = subprocess.run(
-        [sys.executable, str(RUN_NOTEBOOK), str(NOTEBOOKS_DIR / "tour.ipynb")],
+        [sys.executable, str(RUN_NOTEBOOK), str(NOTEBOOKS_DIR / "tour.py")],
         env=jupyter_env,
         cwd=ROOT,
         capture_output=True,
@@ -245,15 +258,11 @@ def test_run_notebook_tool_prints_outputs(jupyter_env):
 @pytest.mark.kernel
 def test_run_notebook_tool_fails_on_error(jupyter_env, tmp_path):
     """A cell that raises makes the tool exit 1 and name the error; later cells don't run."""
-    nb = nbformat.v4.new_notebook(
-        cells=[
-            nbformat.v4.new_code_cell("print('first cell ran')", id="first"),
-            nbformat.v4.new_code_cell("1 / 0", id="boom"),
-            nbformat.v4.new_code_cell("print('never printed')", id="after"),
-        ]
+    path = tmp_path / "broken.py"  # a text notebook, as in notebooks/
+    path.write_text(
+        '# %% id="first"\nprint("first cell ran")\n\n# %% id="boom"\n1 / 0\n\n'
+        '# %% id="after"\nprint("never printed")\n'
     )
-    path = tmp_path / "broken.ipynb"
-    nbformat.write(nb, path)
     proc = subprocess.run(
         [sys.executable, str(RUN_NOTEBOOK), str(path)],
         env=jupyter_env,

@@ -1,4 +1,4 @@
-"""notebooks/clusters.ipynb, unchanged, on a Ray head: NBPOOL_ADDRESS is the only switch."""
+"""notebooks/clusters.py, unchanged, on a Ray head: NBPOOL_ADDRESS is the only switch."""
 
 from __future__ import annotations
 
