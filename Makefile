@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make tour   run the tour notebook (notebooks/tour.py) headless (installs what it needs first)
-#   make test   install everything the tests need, lint, type-check and run the whole suite
+#   make test   install everything the tests need, lint, type-check, build the docs and run the
+#               whole suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -10,17 +11,18 @@ PY310 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.10*/bin/python3.10))
 PY313 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3.13))
 PIP_FLAGS := -q --disable-pip-version-check
 
-.PHONY: test tour lab lint typecheck unit engines smoke bench bench-cluster clean browser-deps
+.PHONY: test tour lab lint typecheck unit engines smoke bench bench-cluster clean browser-deps \
+	docs docs-build
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) -U pip
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench,ray,dask]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[test,bench,ray,dask,docs]'
 	touch $@
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check nbpool tests benchmarks tools notebooks
-	$(BIN)/ruff format --check nbpool tests benchmarks tools notebooks
+	$(BIN)/ruff check nbpool tests benchmarks tools notebooks docs/hooks.py
+	$(BIN)/ruff format --check nbpool tests benchmarks tools notebooks docs/hooks.py
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
@@ -58,7 +60,7 @@ smoke: .venv-310/.installed .venv-313/.installed
 	.venv-310/bin/pytest -m smoke -p no:cacheprovider -q tests/unit tests/integration
 	.venv-313/bin/pytest -m smoke -p no:cacheprovider -q tests/unit tests/integration
 
-test: lint typecheck unit engines smoke
+test: lint typecheck docs-build unit engines smoke
 
 tour: $(BIN)/.installed
 	$(BIN)/python tools/run_notebook.py notebooks/tour.py
@@ -82,5 +84,16 @@ bench: $(BIN)/.installed
 bench-cluster: $(BIN)/.installed
 	$(BIN)/python benchmarks/cluster.py
 
+# The documentation site (mkdocs.yml, pages in docs/): `make docs` serves it on
+# http://127.0.0.1:8000 and rebuilds on every change; `make docs-build` builds it into site/ with
+# --strict, so a broken link, anchor or reference, or a warning from mkdocstrings, fails it.
+# (NO_MKDOCS_2_WARNING: Material for MkDocs prints a ten-line notice about its end of life on
+# every build; it is not about this site.)
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
+
+docs-build: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) .venv-310 .venv-313 .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-310 .venv-313 .pytest_cache .mypy_cache .ruff_cache site

@@ -15,6 +15,7 @@ import importlib
 TYPE_CHECKING = False
 
 __version__ = "0.1.0.dev0"
+"""The version of nbpool, as a string (PEP 440)."""
 
 _WHERE = {
     "Pool": "._pool",

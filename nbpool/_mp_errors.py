@@ -13,6 +13,27 @@ from ._errors import SerializationError
 # ``.tb`` is the formatted traceback and ``str()`` prints it.
 # (typeshed lacks both; they are in the stdlib since Python 2.7 and 3.4)
 RemoteTraceback: type[Exception] = multiprocessing.pool.RemoteTraceback  # type: ignore[attr-defined]
+'''The stdlib's ``multiprocessing.pool.RemoteTraceback`` itself: the formatted traceback of an
+exception raised in a worker, set as the ``__cause__`` of the exception the caller gets, so
+Python prints the worker's traceback above the caller's. ``str()`` and ``.tb`` give the text,
+which starts with a line naming the worker, its pid and the item.
+
+Examples:
+    >>> def fail(x):
+    ...     raise ValueError(f"bad input: {x}")
+    >>> with nbpool.Pool(2) as pool:
+    ...     try:
+    ...         pool.map(fail, [7])
+    ...     except ValueError as exc:
+    ...         print(type(exc.__cause__).__name__, exc.__cause__)
+    RemoteTraceback
+    Worker ... (pid ...) raised while running item 0:
+    """
+    Traceback (most recent call last):
+    ...
+    ValueError: bad input: 7
+    """
+'''
 MaybeEncodingError: type[Exception] = multiprocessing.pool.MaybeEncodingError  # type: ignore[attr-defined]
 
 

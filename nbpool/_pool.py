@@ -334,15 +334,58 @@ class Pool:
             connection ``ray.init`` made, the current ``distributed.Client``); ``"local"``
             runs on this machine whatever the environment says; ``None`` (default) decides
             from ``address``, ``ray_address`` and the environment (see ``docs/clusters.md``).
+        n_jobs: mpire's name for ``processes`` (give one of them).
+        pass_worker_id: ``True``: each task gets its worker's id (0 .. processes-1) before its
+            item, ``fn(worker_id, item)``.
+        shared_objects: any picklable object, pickled once and unpickled once per worker;
+            each task gets it before its item (after the worker id). On this machine its
+            large buffers are in shared memory that every worker maps copy-on-write.
+        use_worker_state: ``True``: each task gets a dict its worker keeps across items and
+            calls, after the worker id and the shared objects.
+        worker_lifespan: mpire's name for ``maxtasksperchild`` (give one of them).
+        cpu_ids: pin workers to CPUs (Linux): one entry for every worker, or one per worker;
+            an entry is a CPU id or a list of them.
+        worker_init: called once in each worker after ``initializer``, with what a task gets
+            before its item (worker id, shared objects, worker state, as enabled).
+        worker_exit: called when a worker exits on its own (``close()``, ``worker_lifespan``),
+            with the same arguments; ``get_exit_results()`` returns what it returned.
+        worker_init_timeout: seconds a worker may take to start (``initializer`` and
+            ``worker_init``); past that it is stopped and its items fail with ``TimeoutError``.
+        worker_exit_timeout: seconds ``worker_exit`` may run; past that the worker is stopped
+            and ``get_exit_results()`` raises ``TimeoutError``.
+        max_tasks_active: at most this many items in flight (sent to workers, results not
+            back yet), all calls together; a lazy input is pulled no further ahead.
+        enable_insights: ``True``: time each worker's start-up, waiting and working, and keep
+            the 5 slowest items (``get_insights()``, ``print_insights()``).
+        gpus: this machine only. Each worker's ``CUDA_VISIBLE_DEVICES``: a number of GPUs or
+            a list of GPU ids, split between the workers.
+        resources: clusters only. What each worker holds there, ``{name: amount}``, such as
+            ``{"GPU": 1}``.
+        start_method: this machine only. ``None`` (default): spawned until nbpool's fork
+            server is up, forked from it after that; ``"spawn"``: always a fresh interpreter;
+            ``"forkserver"``: always forked from the fork server; ``"threading"``: threads of
+            this process, for I/O-bound work (nothing is pickled).
 
-    Example::
+    Examples:
+        Functions, lambdas and closures defined in a notebook (``__main__``) run in the
+        workers; results come back in input order:
 
-        with Pool(4) as pool:                               # this machine's cores
-            squares = pool.map(lambda x: x * x, range(10))
-        with Pool(ray_address="10.0.0.5:6379") as pool:     # a Ray cluster, same code
-            squares = pool.map(lambda x: x * x, range(10))
-        with Pool(address="tcp://10.0.0.5:8786") as pool:   # a Dask cluster, same code
-            squares = pool.map(lambda x: x * x, range(10))
+        >>> def square(x):
+        ...     return x * x
+        >>> with nbpool.Pool(2) as pool:
+        ...     pool.map(square, range(10))
+        ...     pool.map(lambda s: s.upper(), ["a", "b"])
+        [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]
+        ['A', 'B']
+
+        The same code runs on a cluster once the pool is given its address:
+
+        ```python
+        with nbpool.Pool(ray_address="10.0.0.5:6379") as pool:     # a Ray head
+            squares = pool.map(square, range(10))
+        with nbpool.Pool(address="tcp://10.0.0.5:8786") as pool:   # a Dask scheduler
+            squares = pool.map(square, range(10))
+        ```
     """
 
     def __init__(
@@ -604,7 +647,16 @@ class Pool:
             raise PoolClosedError("Pool not running")
 
     def close(self) -> None:
-        """No more work may be submitted; workers exit once the submitted work is done."""
+        """No more work may be submitted; workers exit once the submitted work is done.
+
+        Examples:
+            >>> pool = nbpool.Pool(2)
+            >>> pending = pool.map_async(abs, [-1, -2])
+            >>> pool.close()        # the submitted work still runs
+            >>> pool.join()         # wait for the workers to exit
+            >>> pending.get()
+            [1, 2]
+        """
         if self._state == _RUN:
             self._state = _CLOSE
             assert self._engine is not None
@@ -615,7 +667,18 @@ class Pool:
 
         Returns within a few seconds whatever the pool is doing: if its dispatcher does not
         stop in time (it is stuck in your code, say an input iterator that blocks), the workers
-        are killed from here and every waiting result fails.
+        are killed from here and every waiting result fails. Leaving a ``with nbpool.Pool()``
+        block calls it, as with the stdlib.
+
+        Examples:
+            >>> import time
+            >>> pool = nbpool.Pool(2)
+            >>> pending = pool.apply_async(time.sleep, (60,))
+            >>> pool.terminate()    # returns at once: the sleeping worker is killed
+            >>> pending.get()
+            Traceback (most recent call last):
+            ...
+            nbpool.PoolClosedError: the pool was terminated before this result was ready
         """
         self._state = _TERMINATE
         engine = self._engine
@@ -627,7 +690,17 @@ class Pool:
             engine.events.join(CALLBACK_WAIT_S)
 
     def join(self) -> None:
-        """Wait for the workers to exit; call ``close()`` or ``terminate()`` first."""
+        """Wait for the workers to exit; call ``close()`` or ``terminate()`` first.
+
+        A running pool raises ``ValueError("Pool is still running")``, as the stdlib does.
+
+        Examples:
+            >>> pool = nbpool.Pool(2)
+            >>> pool.map(abs, [-3])
+            [3]
+            >>> pool.close()
+            >>> pool.join()
+        """
         if self._state == _RUN:
             raise ValueError("Pool is still running")
         if self._engine is not None:
@@ -644,10 +717,13 @@ class Pool:
         dicts): chunks are folded separately. An empty input returns ``initial``, and without
         one raises ``TypeError`` as ``functools.reduce`` does. The dashboard counts chunks.
 
-        Example::
-
-            pool.map_reduce(lambda x: x * x, range(1_000_000), operator.add)   # sum of squares
-            pool.map_reduce(len, lines, max, initial=0)                         # longest line
+        Examples:
+            >>> import operator
+            >>> with nbpool.Pool(2) as pool:
+            ...     pool.map_reduce(lambda x: x * x, range(1_000), operator.add)  # sum of squares
+            ...     pool.map_reduce(len, ["a", "bcd", "ef"], max, initial=0)      # longest string
+            332833500
+            3
         """
         __tracebackhide__ = True
         self._check_running()
@@ -677,11 +753,12 @@ class Pool:
         ``cancel()`` returns False, as a ``ProcessPoolExecutor``'s does for a call a worker has
         taken; to stop the call itself, use ``pool.apply_async(...).cancel()``.
 
-        Example::
-
-            futures = [pool.submit(score, m, fold=k) for m in models]
-            for f in concurrent.futures.as_completed(futures):
-                print(f.result())
+        Examples:
+            >>> import concurrent.futures
+            >>> with nbpool.Pool(2) as pool:
+            ...     futures = [pool.submit(pow, 2, n) for n in range(4)]
+            ...     sorted(f.result() for f in concurrent.futures.as_completed(futures))
+            [1, 2, 4, 8]
         """
         import concurrent.futures
 
@@ -698,12 +775,15 @@ class Pool:
         exited. Call it after ``join()``. If a hook raised (or ran past
         ``worker_exit_timeout``), that exception is raised here.
 
-        Example::
-
-            pool = Pool(2, use_worker_state=True, worker_exit=lambda state: state.get("n", 0))
-            pool.map(count_into_state, items)
-            pool.close(); pool.join()
-            pool.get_exit_results()     # e.g. [52, 48]
+        Examples:
+            >>> def count(state, item):
+            ...     state["n"] = state.get("n", 0) + 1
+            >>> pool = nbpool.Pool(2, use_worker_state=True, worker_exit=lambda state: state)
+            >>> _ = pool.map(count, range(100))
+            >>> pool.close()
+            >>> pool.join()
+            >>> sum(state["n"] for state in pool.get_exit_results())   # items, all workers
+            100
         """
         if self._state == _RUN:
             raise ValueError("get_exit_results() is for after close() and join()")
@@ -721,11 +801,12 @@ class Pool:
         it, and unpickles it once: every item it runs gets the same object. The pickle is kept
         until the last reference is dropped. Pickled now: an unpicklable object fails here.
 
-        Example::
-
-            table = pool.put(big_lookup_table)              # sent to each worker once
-            pool.map(lambda key, t: t[key], keys_and_refs)  # not once per item
-            pool.starmap(score, [(row, table) for row in rows])
+        Examples:
+            >>> table = {n: n * n for n in range(10_000)}   # stands for a large object
+            >>> with nbpool.Pool(2) as pool:
+            ...     ref = pool.put(table)                   # sent to each worker once,
+            ...     pool.starmap(lambda key, t: t[key], [(3, ref), (4, ref)])   # not per item
+            [9, 16]
         """
         self._check_running()
         if self._threads:  # threads share this process's memory: the object is its reference
@@ -762,11 +843,13 @@ class Pool:
         ``worker``, ``call``, ``args`` (a short repr)). Start-up includes the initializer and
         ``worker_init``; working is the chunks' time in the worker; waiting is the rest.
 
-        Example::
-
-            with Pool(4, enable_insights=True) as pool:
-                pool.map(fit, configs)
-                slow = pool.get_insights()["slowest"][0]   # {'seconds': 4.1, 'args': ...}
+        Examples:
+            >>> import time
+            >>> with nbpool.Pool(2, enable_insights=True) as pool:
+            ...     _ = pool.map(time.sleep, [0.01, 0.2, 0.01])
+            ...     slowest = pool.get_insights()["slowest"][0]
+            >>> slowest["item"], slowest["args"]        # its index and its argument
+            (1, '0.2')
         """
         insights = self._insights()
         engine = self._engine
@@ -775,7 +858,14 @@ class Pool:
 
     def print_insights(self) -> None:
         """Print ``get_insights()`` as a table: one row per worker slot, the time shares,
-        the slowest items with their arguments."""
+        the slowest items with their arguments.
+
+        Examples:
+            >>> with nbpool.Pool(2, enable_insights=True) as pool:
+            ...     _ = pool.map(abs, range(100))
+            ...     pool.print_insights()
+            nbpool insights: 2 worker slots, 100 items, ...
+        """
         from ._driver.insights import format_report
 
         print(format_report(self.get_insights()))
@@ -793,7 +883,17 @@ class Pool:
         """Show a live dashboard of the whole pool (every worker, every call) under the cell.
 
         It updates until the pool is closed or terminated (``%pool`` shows the session pool's).
-        Only in a Jupyter notebook: elsewhere use ``progress=True`` for a text bar per call.
+        Only in a Jupyter notebook: elsewhere it raises ``RuntimeError``; use ``progress=True``
+        for a text bar per call.
+
+        Examples:
+            In a notebook cell:
+
+            ```python
+            pool = nbpool.Pool(4)
+            pool.dashboard()                          # stays under this cell
+            pool.map(work, range(30), progress=False)   # counted in the pool dashboard only
+            ```
         """
         self._check_running()
         target = notebook_target()
@@ -890,6 +990,18 @@ class Pool:
         *,
         progress: bool | str | None = None,
     ) -> ApplyResult:
+        """Run ``func(*args, **kwds)`` in a worker; return an ``ApplyResult`` at once.
+
+        ``callback`` gets the value, ``error_callback`` the exception, before ``get()``
+        returns. They run one at a time in a thread of the pool's own, so a callback may call
+        the pool. ``progress`` overrides the pool's dashboard setting for this call.
+
+        Examples:
+            >>> with nbpool.Pool(2) as pool:
+            ...     result = pool.apply_async(pow, (2, 10))
+            ...     result.get(timeout=10)
+            1024
+        """
         self._check_running()
         result = ApplyResult(callback, error_callback)
         item = (tuple(args), dict(kwds or {}))
@@ -904,6 +1016,14 @@ class Pool:
         *,
         progress: bool | str | None = None,
     ) -> Any:
+        """``func(*args, **kwds)``, run in a worker: its value, or the exception it raised
+        (with the worker's traceback as ``__cause__``).
+
+        Examples:
+            >>> with nbpool.Pool(2) as pool:
+            ...     pool.apply(divmod, (17, 5))
+            (3, 2)
+        """
         __tracebackhide__ = True
         return _wait(self.apply_async(func, args, kwds, progress=progress))
 
@@ -927,20 +1047,57 @@ class Pool:
     def map_async(
         self, func, iterable, chunksize=None, callback=None, error_callback=None, *, progress=None
     ):
+        """``map`` without waiting: a ``MapResult`` whose ``get()`` is the list of results.
+
+        ``callback`` gets that list, ``error_callback`` the first failure's exception.
+
+        Examples:
+            >>> with nbpool.Pool(2) as pool:
+            ...     pending = pool.map_async(abs, [-1, -2, -3])
+            ...     pending.get(timeout=10)
+            [1, 2, 3]
+        """
         return self._map_async(func, iterable, "map", chunksize, callback, error_callback, progress)
 
     def map(self, func, iterable, chunksize=None, *, progress=None):
+        """``[func(x) for x in iterable]``, run in the workers, in input order.
+
+        An iterable without ``len()`` is read into a list first (use ``imap`` for a
+        generator). Items travel in chunks: ``chunksize=None`` sizes them from measurements
+        (a chunk takes about 0.2 s), a given ``chunksize`` is used as it is. If an item
+        raises, ``map`` raises that exception as soon as it comes back, with the worker's
+        traceback as its ``__cause__``; the other items keep running.
+
+        Examples:
+            >>> with nbpool.Pool(2) as pool:
+            ...     pool.map(str.upper, ["a", "b", "c"])
+            ['A', 'B', 'C']
+        """
         __tracebackhide__ = True
         return _wait(self._map_async(func, iterable, "map", chunksize, progress=progress))
 
     def starmap_async(
         self, func, iterable, chunksize=None, callback=None, error_callback=None, *, progress=None
     ):
+        """``starmap`` without waiting: a ``MapResult`` whose ``get()`` is the list of results.
+
+        Examples:
+            >>> with nbpool.Pool(2) as pool:
+            ...     pool.starmap_async(pow, [(2, 3), (3, 2)]).get(timeout=10)
+            [8, 9]
+        """
         return self._map_async(
             func, iterable, "star", chunksize, callback, error_callback, progress
         )
 
     def starmap(self, func, iterable, chunksize=None, *, progress=None):
+        """Like ``map``, but each item is a tuple of arguments: ``func(*item)``.
+
+        Examples:
+            >>> with nbpool.Pool(2) as pool:
+            ...     pool.starmap(pow, [(2, 3), (3, 2), (10, 0)])
+            [8, 9, 1]
+        """
         __tracebackhide__ = True
         return _wait(self._map_async(func, iterable, "star", chunksize, progress=progress))
 
@@ -964,11 +1121,38 @@ class Pool:
     def imap(
         self, func, iterable, chunksize=None, *, iterable_len=None, progress=None
     ) -> IMapIterator:
+        """An iterator over ``func(x)`` for each ``x`` of ``iterable``, in input order, each
+        result as soon as it and those before it are in.
+
+        A generator is consumed lazily, only as workers have room for its items, so an
+        endless or huge one does not fill memory. ``iterable_len=N`` takes at most ``N``
+        items (and gives the dashboard a total). A failed item raises its exception at its
+        position; iterating further goes on with the next item. Dropping the iterator before
+        its end (a ``break`` out of ``for y in pool.imap(...)``) cancels the rest of the job.
+
+        Examples:
+            >>> def numbers():
+            ...     yield from range(5)
+            >>> with nbpool.Pool(2) as pool:
+            ...     for y in pool.imap(lambda x: 10 * x, numbers()):
+            ...         print(y, end=" ")
+            0 10 20 30 40
+        """
         return self._imap(func, iterable, chunksize, IMapIterator(), progress, iterable_len)
 
     def imap_unordered(
         self, func, iterable, chunksize=None, *, iterable_len=None, progress=None
     ) -> IMapUnorderedIterator:
+        """Like ``imap``, but yields each result as soon as it is in: completion order.
+
+        Examples:
+            >>> with nbpool.Pool(2) as pool:
+            ...     done = set()
+            ...     for y in pool.imap_unordered(abs, [-3, -1, -2]):   # in any order
+            ...         done.add(y)
+            >>> sorted(done)
+            [1, 2, 3]
+        """
         return self._imap(
             func, iterable, chunksize, IMapUnorderedIterator(), progress, iterable_len
         )
@@ -977,9 +1161,10 @@ class Pool:
         """``map`` whose list is in completion order (mpire's ``map_unordered``): the results
         of ``imap_unordered``, collected.
 
-        Example::
-
-            pool.map_unordered(slow_square, range(10))   # e.g. [0, 4, 1, 9, ...]
+        Examples:
+            >>> with nbpool.Pool(2) as pool:
+            ...     sorted(pool.map_unordered(abs, [-3, -1, -2]))   # any order: sorted here
+            [1, 2, 3]
         """
         __tracebackhide__ = True
         return list(

@@ -85,7 +85,18 @@ def _wait_in_slices(wait: Callable[[float | None], bool], timeout: float | None)
 
 
 class ApplyResult:
-    """What ``apply_async`` returns (``multiprocessing.pool.AsyncResult``)."""
+    """What ``apply_async`` returns (``multiprocessing.pool.AsyncResult``).
+
+    You get these from the pool's methods; don't construct them yourself. All timeouts are in
+    seconds. Interrupting a wait on one (Jupyter's stop button, Ctrl-C) raises
+    ``KeyboardInterrupt`` at once and cancels its job.
+
+    Examples:
+        >>> with nbpool.Pool(2) as pool:
+        ...     result = pool.apply_async(divmod, (17, 5))
+        ...     result.get(timeout=10), result.ready(), result.successful()
+        ((3, 2), True, True)
+    """
 
     def __init__(
         self,
@@ -109,6 +120,18 @@ class ApplyResult:
         self._progress: Any = None  # its job's _driver.progress.JobProgress, if it has a view
 
     def ready(self) -> bool:
+        """Whether the result is in: a value or an exception (its callback has run).
+
+        Examples:
+            >>> import time
+            >>> with nbpool.Pool(2) as pool:
+            ...     result = pool.apply_async(time.sleep, (0.5,))
+            ...     result.ready()
+            ...     result.wait()
+            ...     result.ready()
+            False
+            True
+        """
         return self._event.is_set()
 
     def cancel(self) -> bool:
@@ -117,11 +140,17 @@ class ApplyResult:
         ``nbpool.CancelledError`` at once. What was delivered before stays delivered (an
         ``imap``'s items). False if the call had already finished.
 
-        Example::
-
-            r = pool.apply_async(train, (config,))
-            r.cancel()      # True: train() is stopped
-            r.get()         # raises nbpool.CancelledError
+        Examples:
+            >>> import time
+            >>> pool = nbpool.Pool(2)
+            >>> result = pool.apply_async(time.sleep, (60,))
+            >>> result.cancel()         # the sleeping worker is stopped and replaced
+            True
+            >>> result.get()
+            Traceback (most recent call last):
+            ...
+            nbpool.CancelledError: the call was cancelled (AsyncResult.cancel())
+            >>> pool.terminate()
         """
         from ._errors import CancelledError
 
@@ -134,11 +163,32 @@ class ApplyResult:
         return True
 
     def successful(self) -> bool:
+        """Whether the call completed without raising; ``ValueError`` if it is not ready yet.
+
+        Examples:
+            >>> with nbpool.Pool(2) as pool:
+            ...     result = pool.apply_async(int, ("not a number",))
+            ...     result.wait(timeout=10)
+            ...     result.successful()
+            False
+        """
         if not self.ready():
             raise ValueError(f"{self!r} not ready")
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
+        """Block until the result is ready, or until ``timeout`` seconds have passed.
+
+        Returns ``None`` either way (``ready()`` tells which); the work goes on.
+
+        Examples:
+            >>> import time
+            >>> with nbpool.Pool(2) as pool:
+            ...     result = pool.apply_async(time.sleep, (5,))
+            ...     result.wait(timeout=0.1)
+            ...     result.ready()
+            False
+        """
         __tracebackhide__ = True  # IPython and pytest hide this frame: the error is not in here
         pump = current_event_thread()
         if pump is not None and not self._event.is_set():
@@ -156,6 +206,19 @@ class ApplyResult:
             raise
 
     def get(self, timeout: float | None = None) -> Any:
+        """The value; or raise the exception the call raised (with the worker's traceback as
+        its ``__cause__``); or ``nbpool.TimeoutError`` if it is not ready within ``timeout``
+        seconds, in which case the work goes on and ``get()`` can be called again.
+
+        Examples:
+            >>> import time
+            >>> with nbpool.Pool(2) as pool:
+            ...     result = pool.apply_async(time.sleep, (5,))
+            ...     result.get(timeout=0.1)
+            Traceback (most recent call last):
+            ...
+            nbpool.TimeoutError: the result was not ready within 0.1 s
+        """
         __tracebackhide__ = True
         self.wait(timeout)
         if not self.ready():
@@ -213,6 +276,12 @@ class ApplyResult:
 
 
 AsyncResult = ApplyResult
+"""Another name for ``ApplyResult``, as ``multiprocessing.pool.AsyncResult`` is the stdlib's.
+
+Examples:
+    >>> nbpool.AsyncResult is nbpool.ApplyResult
+    True
+"""
 
 
 class MapResult(ApplyResult):
@@ -220,6 +289,14 @@ class MapResult(ApplyResult):
 
     As in the stdlib, the first failing item makes the result ready (failed) at once. The other
     items keep running; their values stay in ``_values`` (see docs: partial results).
+
+    Examples:
+        >>> with nbpool.Pool(2) as pool:
+        ...     pending = pool.map_async(int, ["1", "2", "x"])
+        ...     pending.get(timeout=10)
+        Traceback (most recent call last):
+        ...
+        ValueError: invalid literal for int() with base 10: 'x'
     """
 
     def __init__(self, length: int, callback=None, error_callback=None) -> None:
@@ -243,6 +320,18 @@ class IMapIterator:
 
     An item that failed raises its exception at its position; iterating further goes on with the
     next item (the stdlib does the same with the default ``chunksize=1``).
+
+    Examples:
+        >>> with nbpool.Pool(2) as pool:
+        ...     results = pool.imap(int, ["1", "x", "3"])
+        ...     for _ in range(3):
+        ...         try:
+        ...             print(results.next(timeout=10))
+        ...         except ValueError as exc:
+        ...             print("failed:", exc)
+        1
+        failed: invalid literal for int() with base 10: 'x'
+        3
     """
 
     def __init__(self) -> None:
@@ -266,6 +355,15 @@ class IMapIterator:
         return ok_value
 
     def next(self, timeout: float | None = None) -> Any:
+        """The next result; raise that item's exception if it failed; ``nbpool.TimeoutError``
+        if none arrives within ``timeout`` seconds; ``StopIteration`` after the last one.
+
+        Examples:
+            >>> with nbpool.Pool(2) as pool:
+            ...     results = pool.imap(abs, [-1, -2])
+            ...     results.next(timeout=10), results.next(timeout=10)
+            (1, 2)
+        """
         __tracebackhide__ = True
         try:
             return self._next(timeout)
@@ -318,7 +416,13 @@ class IMapIterator:
 
 
 class IMapUnorderedIterator(IMapIterator):
-    """What ``imap_unordered`` returns: results in the order they complete."""
+    """What ``imap_unordered`` returns: results in the order they complete.
+
+    Examples:
+        >>> with nbpool.Pool(2) as pool:
+        ...     sorted(pool.imap_unordered(abs, [-2, -1]))    # any order: sorted here
+        [1, 2]
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -342,12 +446,14 @@ def wait(results: Any, num_returns: int = 1, timeout: float | None = None) -> tu
     ``num_returns`` of them, in the order they completed; ``not_ready`` the others, in the order
     given. A done result counts whether it succeeded or failed (``get()`` tells).
 
-    Example::
-
-        pending = [pool.apply_async(score, (m,)) for m in models]
-        while pending:
-            ready, pending = nbpool.wait(pending)
-            print(ready[0].get())
+    Examples:
+        >>> import time
+        >>> with nbpool.Pool(2) as pool:
+        ...     slow = pool.apply_async(time.sleep, (5,))
+        ...     quick = pool.apply_async(abs, (-1,))
+        ...     ready, not_ready = nbpool.wait([slow, quick], timeout=10)
+        ...     ready == [quick], not_ready == [slow]
+        (True, True)
     """
     import concurrent.futures
 

@@ -18,11 +18,13 @@ class WorkerInfo(Message):
     ``pid``, ``host`` (this machine's name on the local engine, the node's address on a
     cluster) and ``node`` (a cluster node's id; "" on this machine).
 
-    Example::
-
-        def where(x):
-            me = nbpool.current_worker()
-            return me.id, me.pid, me.host
+    Examples:
+        >>> def where(x):
+        ...     me = nbpool.current_worker()
+        ...     return me.id, me.pid > 0, me.host != ""
+        >>> with nbpool.Pool(2) as pool:
+        ...     sorted(set(pool.map(where, range(4), chunksize=1)))[0][1:]
+        (True, True)
     """
 
     id: int
@@ -45,11 +47,12 @@ def set_current(info: WorkerInfo, thread: bool = False) -> None:
 def current_worker() -> WorkerInfo | None:
     """The ``WorkerInfo`` of the worker running the calling code; None outside a worker.
 
-    Example::
-
-        with nbpool.Pool(2) as pool:
-            pool.map(lambda x: nbpool.current_worker().id, range(4))   # e.g. [0, 1, 0, 1]
-        nbpool.current_worker()                                         # None: the caller
+    Examples:
+        >>> with nbpool.Pool(2) as pool:
+        ...     sorted(set(pool.map(lambda x: nbpool.current_worker().id, range(8), 1)))
+        [0, 1]
+        >>> nbpool.current_worker() is None  # the caller is no worker
+        True
     """
     info = getattr(_this_thread, "info", None)
     if info is not None:

@@ -32,7 +32,15 @@ _noting = threading.local()  # the dispatcher's list of ids seen while it pickle
 class ObjectRef:
     """What ``Pool.put(obj)`` returns: pass it as an argument (or inside one) to any call of
     that pool, and the task gets ``obj`` (each worker's own copy, unpickled once and shared by
-    every item it runs). ``nbytes``: the size of its pickle."""
+    every item it runs). ``nbytes``: the size of its pickle.
+
+    Examples:
+        >>> table = {"a": 1, "b": 2}
+        >>> with nbpool.Pool(2) as pool:
+        ...     ref = pool.put(table)  # pickled once, sent to each worker once
+        ...     pool.starmap(lambda t, k: t[k], [(ref, "a"), (ref, "b")])
+        [1, 2]
+    """
 
     __slots__ = ("__weakref__", "id", "nbytes")
 
