@@ -12,7 +12,7 @@ PY313 := $(firstword $(wildcard $(PYENV_ROOT)/versions/3.13*/bin/python3.13))
 PIP_FLAGS := -q --disable-pip-version-check
 
 .PHONY: test tour lab lint typecheck unit engines smoke bench bench-cluster clean browser-deps \
-	docs docs-build
+	docs docs-build docs-notebooks
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,7 +53,7 @@ browser-deps:
 	test -n "$$py" || { echo "python for $* not found under $(PYENV_ROOT)"; exit 1; }; \
 	test -x .venv-$*/bin/python || $$py -m venv .venv-$*; \
 	.venv-$*/bin/pip install $(PIP_FLAGS) -U pip; \
-	.venv-$*/bin/pip install $(PIP_FLAGS) -e . pytest pytest-timeout numpy; \
+	.venv-$*/bin/pip install $(PIP_FLAGS) -e '.[dill]' pytest pytest-timeout numpy; \
 	touch $@
 
 smoke: .venv-310/.installed .venv-313/.installed
@@ -89,11 +89,17 @@ bench-cluster: $(BIN)/.installed
 # --strict, so a broken link, anchor or reference, or a warning from mkdocstrings, fails it.
 # (NO_MKDOCS_2_WARNING: Material for MkDocs prints a ten-line notice about its end of life on
 # every build; it is not about this site.)
-docs: $(BIN)/.installed
+docs: $(BIN)/.installed docs-notebooks
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
 
-docs-build: $(BIN)/.installed
+docs-build: $(BIN)/.installed docs-notebooks
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
+# The site shows each notebook with its outputs: run them (two at a time) into docs/notebooks/.
+docs-notebooks: $(BIN)/.installed
+	ls notebooks/*.py | xargs -P 2 -I NB sh -c \
+	  '$(BIN)/python tools/run_notebook.py --quiet NB --output docs/notebooks/$$(basename NB .py).ipynb'
+
+
 clean:
-	rm -rf $(VENV) .venv-310 .venv-313 .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf $(VENV) .venv-310 .venv-313 .pytest_cache .mypy_cache .ruff_cache site docs/notebooks

@@ -277,8 +277,8 @@ class SerializationError(NbpoolError, pickle.PicklingError):
 
 
 class BackendUnavailableError(NbpoolError, ImportError):
-    """An optional engine was asked for but its package is not installed; the message gives
-    the line that installs it.
+    """An optional part was asked for (the Ray or Dask engine, ``serializer="dill"``) but its
+    package is not installed; the message gives the line that installs it (an extra of nbpool).
 
     Examples:
         Without Ray installed:

@@ -69,6 +69,23 @@ TERMINATE_WAIT_S = 5.0
 IDLE_CHECK_WAIT_S = 30.0
 CALLBACK_WAIT_S = 1.0
 _SERIALIZERS = ("cloudpickle", "dill")
+
+
+def _check_serializer(serializer: str) -> None:
+    if serializer not in _SERIALIZERS:
+        raise ValueError(f"serializer must be one of {_SERIALIZERS}, not {serializer!r}")
+    if serializer == "dill":  # an optional extra: fail here, not at the first pickle
+        try:  # (imported only to see that it is there, hence the noqa)
+            import dill  # noqa: F401
+        except ImportError as exc:
+            from ._errors import BackendUnavailableError
+
+            raise BackendUnavailableError(
+                "serializer='dill' needs dill, which is not installed here: "
+                "pip install 'nbpool[dill]'"
+            ) from exc
+
+
 # "spawn": a fresh interpreter per worker (subprocess); "forkserver": forked from a server that
 # was itself spawned, with nbpool and cloudpickle imported (_engines.forkserver)
 # "threading": threads of the caller, nothing pickled (_engines.threads)
@@ -435,6 +452,7 @@ class Pool:
             raise TypeError(f"processes must be an int or None, not {processes!r}")
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
+        _check_serializer(serializer)  # before any cluster is contacted
         self.backend, self.address = choose(backend, ray_address, address)
         need = _check_resources(resources, self.backend)
         if start_method is not None and start_method not in _START_METHODS:
@@ -499,8 +517,6 @@ class Pool:
         slot_env = _gpu_slices(gpus, processes)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        if serializer not in _SERIALIZERS:
-            raise ValueError(f"serializer must be one of {_SERIALIZERS}, not {serializer!r}")
         for name, hook in (("worker_init", worker_init), ("worker_exit", worker_exit)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be a callable or None, not {hook!r}")

@@ -1,6 +1,6 @@
 """Run a notebook headless and print what each cell showed (the ``make tour`` command).
 
-Usage: ``.venv/bin/python tools/run_notebook.py notebooks/tour.py [--output OUT.ipynb]``
+Usage: ``.venv/bin/python tools/run_notebook.py notebooks/tour.py [--output OUT.ipynb] [--quiet]``
 
 The notebooks of notebooks/ are text: jupytext percent-format ``.py`` files, which people edit
 and review as code (``read_notebook`` turns one into a notebook; an ``.ipynb`` runs as it is).
@@ -93,14 +93,15 @@ def read_notebook(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
     return nb
 
 
-def run(path: pathlib.Path, output: pathlib.Path | None, timeout: int) -> int:
+def run(path: pathlib.Path, output: pathlib.Path | None, timeout: int, quiet: bool = False) -> int:
     nb = read_notebook(path)
     printed: set[int] = set()
 
     def on_cell_executed(cell, cell_index, **_):
         # Called as each cell finishes (also when it raised), so progress shows as it happens.
-        printed.add(cell_index)
-        print_cell(cell)
+        if not quiet:
+            printed.add(cell_index)
+            print_cell(cell)
 
     client = NotebookClient(
         nb,
@@ -118,13 +119,17 @@ def run(path: pathlib.Path, output: pathlib.Path | None, timeout: int) -> int:
     except (CellExecutionError, CellTimeoutError, DeadKernelError) as exc:
         status = 1
         failure = f"{type(exc).__name__}: {exc}"
-    # A cell that timed out or killed the kernel got no hook call: show what it printed.
+    # A cell that timed out or killed the kernel got no hook call: show what it printed (and,
+    # quiet, show every cell of a notebook that failed: the error needs its context).
     for index, cell in enumerate(nb.cells):
-        if index not in printed and cell.cell_type == "code" and cell.get("outputs"):
+        shown = index in printed or (quiet and not status)
+        if not shown and cell.cell_type == "code" and cell.get("outputs"):
             print_cell(cell)
     if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, output)
-        print(f"executed notebook written to {output}")
+        if not quiet:
+            print(f"executed notebook written to {output}")
     elapsed = time.monotonic() - t0
     if status:
         print(f"\nFAILED: {path} ({elapsed:.1f} s)\n{failure}", file=sys.stderr)
@@ -138,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebook", type=pathlib.Path)
     parser.add_argument("--output", type=pathlib.Path, help="write the executed notebook here")
     parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT_S, help="seconds per cell")
+    parser.add_argument(
+        "--quiet", action="store_true", help="print only the outcome (every cell if one fails)"
+    )
     args = parser.parse_args(argv)
     if not args.notebook.is_file():
         parser.error(f"no such notebook: {args.notebook}")
-    return run(args.notebook.resolve(), args.output, args.timeout)
+    return run(args.notebook.resolve(), args.output, args.timeout, args.quiet)
 
 
 if __name__ == "__main__":

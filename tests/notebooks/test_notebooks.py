@@ -152,8 +152,8 @@ def test_notebooks_are_text_and_no_output_is_committed():
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_without_errors(path, jupyter_env):
-    nb = execute(path, jupyter_env)
+def test_notebook_runs_without_errors(path, tmp_path_factory):
+    nb = run_once(tmp_path_factory, path.stem)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code_cells)
     errors = [o for c in code_cells for o in c.outputs if o.output_type == "error"]
@@ -164,12 +164,17 @@ def test_notebook_runs_without_errors(path, jupyter_env):
     assert not untagged, untagged
 
 
+_EXECUTED: dict[str, nbformat.NotebookNode] = {}
+
+
 def run_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> nbformat.NotebookNode:
-    """notebooks/<name>.py executed in a folder of its own (for a module-scoped fixture: the
-    notebook runs once for all the checks on it)."""
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        env = isolate(tmp_path_factory.mktemp(name), monkeypatch)
-        return execute(NOTEBOOKS_DIR / f"{name}.py", env)
+    """notebooks/<name>.py executed in a folder of its own, once per session: the check that it
+    runs without errors and the checks of its cells read the same run (nobody modifies it)."""
+    if name not in _EXECUTED:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            env = isolate(tmp_path_factory.mktemp(name), monkeypatch)
+            _EXECUTED[name] = execute(NOTEBOOKS_DIR / f"{name}.py", env)
+    return _EXECUTED[name]
 
 
 @pytest.fixture(scope="module")
