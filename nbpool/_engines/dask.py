@@ -236,10 +236,15 @@ def _pickle_on_worker(obj: Any, key: str) -> None:
     keep_pickled(key, obj)
 
 
-def _forget_pickled(keys: list[str]) -> None:
+async def _forget_pickled(keys: list[str]) -> None:
+    # A coroutine: Client.run(..., wait=False) runs nothing else on a worker (distributed
+    # asserts "wait or is_coro" there). In a thread, as keep_pickled may hold the lock while
+    # it pickles a large object: the worker's event loop never waits for that.
+    import asyncio
+
     from .host import forget_pickled
 
-    forget_pickled(keys)
+    await asyncio.to_thread(forget_pickled, keys)
 
 
 # ----------------------------------------------------------------------------- the actor

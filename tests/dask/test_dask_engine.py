@@ -220,6 +220,13 @@ def test_scattered_objects_reach_every_slot_even_when_dask_loses_them(dask_clust
     assert wait_until(lambda: _scheduler_has(dask_cluster, keys) == [])
     assert wait_until(lambda: _nbpool_keys(dask_cluster) == [])
 
+    def pickled_here() -> list[str]:  # a Dask worker's pickles of stored objects, by key
+        from nbpool._engines import host
+
+        return sorted(host._PICKLED)
+
+    assert wait_until(lambda: not any(client.run(pickled_here).values()))  # forgotten too
+
 
 LOSE = """
 import sys, time, nbpool
