@@ -322,7 +322,8 @@ class Pool:
         context: accepted for compatibility and ignored: nbpool always starts fresh workers.
             A ``fork`` context gets a ``RuntimeWarning`` saying so.
         serializer: ``"cloudpickle"`` (default) or ``"dill"``, used for the function and the
-            initializer (and whatever they carry from the notebook).
+            initializer (and whatever they carry from the notebook). ``"dill"`` needs
+            ``pip install 'nbpool[dill]'``.
         retries: how many times an item whose worker died (signal, segfault, ``os._exit``) is
             run again, on a fresh worker, before it fails with ``WorkerLostError``.
         task_timeout: seconds an item may run; past that its worker is killed and replaced and
