@@ -95,10 +95,11 @@ docs: $(BIN)/.installed docs-notebooks
 docs-build: $(BIN)/.installed docs-notebooks
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
-# The site shows each notebook with its outputs: run them (two at a time) into docs/notebooks/.
+# The site shows each notebook with its outputs: run them (two at a time) into docs/notebooks/,
+# each dashboard as its saved static HTML (a static page cannot run the widget's JavaScript).
 docs-notebooks: $(BIN)/.installed
 	ls notebooks/*.py | xargs -P 2 -I NB sh -c \
-	  '$(BIN)/python tools/run_notebook.py --quiet NB --output docs/notebooks/$$(basename NB .py).ipynb'
+	  '$(BIN)/python tools/run_notebook.py --quiet --static NB --output docs/notebooks/$$(basename NB .py).ipynb'
 
 
 clean:

@@ -74,7 +74,7 @@ except ZeroDivisionError as exc:
 print(partial)
 
 # %% [markdown] id="md-pool"
-# ## `%pool`: status, restart, stop
+# ## %pool: status, restart, stop
 
 # %% id="status"
 # %pool status

@@ -145,7 +145,7 @@ while True:
 print(results)
 
 # %% [markdown] id="md-initializer"
-# ## Load a model once per worker: `initializer` + a global
+# ## Load a model once per worker: an initializer and a global
 #
 # The initializer runs once in each worker and sets a notebook global. The tasks see the value it
 # set, not the kernel's `MODEL = None`.
@@ -184,7 +184,7 @@ print(pool.map(add_k, [0, 0]))
 
 
 # %% [markdown] id="md-imap"
-# ## `imap` over a generator
+# ## imap over a generator
 #
 # The generator is consumed lazily, as workers have room for more items; results arrive in order.
 
@@ -244,7 +244,7 @@ with nbpool.Pool(2, task_timeout=1) as timed_pool:
 print(results)
 
 # %% [markdown] id="md-pmap"
-# ## `%%pmap`: a cell body, once per item, in parallel
+# ## %%pmap: a cell body, once per item, in parallel
 #
 # `%load_ext nbpool` adds `%%pmap TARGET in EXPR`: the body runs once per item with `TARGET`
 # bound, on the session pool (`%pool`), and the value of its last line is the item's result.

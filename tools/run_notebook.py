@@ -93,7 +93,28 @@ def read_notebook(path: str | os.PathLike[str]) -> nbformat.NotebookNode:
     return nb
 
 
-def run(path: pathlib.Path, output: pathlib.Path | None, timeout: int, quiet: bool = False) -> int:
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def static_outputs(nb: nbformat.NotebookNode) -> None:
+    """For a static page (the docs site): an output that also has a static HTML form (the
+    dashboard's final state) keeps that and drops its live widget view, which a page could only
+    draw with the widget's JavaScript fetched from a CDN; the saved widget state goes too."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_VIEW in data and "text/html" in data:
+                del data[WIDGET_VIEW]
+    nb.metadata.pop("widgets", None)
+
+
+def run(
+    path: pathlib.Path,
+    output: pathlib.Path | None,
+    timeout: int,
+    quiet: bool = False,
+    static: bool = False,
+) -> int:
     nb = read_notebook(path)
     printed: set[int] = set()
 
@@ -126,6 +147,8 @@ def run(path: pathlib.Path, output: pathlib.Path | None, timeout: int, quiet: bo
         if not shown and cell.cell_type == "code" and cell.get("outputs"):
             print_cell(cell)
     if output is not None:
+        if static:
+            static_outputs(nb)
         output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, output)
         if not quiet:
@@ -146,10 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quiet", action="store_true", help="print only the outcome (every cell if one fails)"
     )
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="--output for a static page: widgets as their static HTML (see static_outputs)",
+    )
     args = parser.parse_args(argv)
     if not args.notebook.is_file():
         parser.error(f"no such notebook: {args.notebook}")
-    return run(args.notebook.resolve(), args.output, args.timeout, args.quiet)
+    return run(args.notebook.resolve(), args.output, args.timeout, args.quiet, args.static)
 
 
 if __name__ == "__main__":

@@ -296,6 +296,27 @@ def test_tour_dashboard_is_saved_in_its_final_state(tour):
 
 
 @pytest.mark.kernel
+def test_the_docs_site_shows_a_dashboard_as_its_static_summary(tour):
+    """``run_notebook.py --static`` (the docs site's copy): the dashboard's output keeps its
+    static HTML, the same final state, and loses the widget view a page cannot draw."""
+    import copy
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_notebook", RUN_NOTEBOOK)
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    nb = copy.deepcopy(tour)
+    tool.static_outputs(nb)
+    (cell,) = [c for c in nb.cells if c.get("id") == "dashboard"]
+    shown = [o["data"] for o in cell.outputs if o.output_type == "display_data"]
+    assert shown and all(WIDGET_VIEW not in d and "text/html" in d for d in shown)
+    assert "60 / 60 items" in shown[-1]["text/html"] and "finished" in shown[-1]["text/html"]
+    assert "widgets" not in nb.metadata
+    assert any(WIDGET_VIEW in o.get("data", {}) for c in tour.cells for o in c.get("outputs", []))
+
+
+@pytest.mark.kernel
 def test_tour_pmap(tour):
     assert "['ALPHA!', 'BETA!', 'GAMMA!']" in cell_text(tour, "pmap")
     assert "stopped" in cell_text(tour, "pool-stop")
