@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -259,9 +260,9 @@ def python() -> str:
     return sys.executable
 
 
-def read_notebook(path: str | os.PathLike[str]) -> Any:
-    """A notebook of notebooks/ (a jupytext text file) as an nbformat notebook with its cells'
-    ids: tools/run_notebook.py's reader, the one ``make tour`` uses."""
+@functools.cache
+def run_notebook_tool() -> Any:
+    """tools/run_notebook.py (the ``make tour`` tool) as a module, loaded once."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -270,4 +271,10 @@ def read_notebook(path: str | os.PathLike[str]) -> Any:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.read_notebook(path)
+    return module
+
+
+def read_notebook(path: str | os.PathLike[str]) -> Any:
+    """A notebook of notebooks/ (a jupytext text file) as an nbformat notebook with its cells'
+    ids: tools/run_notebook.py's reader, the one ``make tour`` uses."""
+    return run_notebook_tool().read_notebook(path)

@@ -22,7 +22,7 @@ import time
 import nbformat
 import psutil
 import pytest
-from conftest import ROOT, clean_env, jupyter_dirs, read_notebook
+from conftest import ROOT, clean_env, jupyter_dirs, read_notebook, run_notebook_tool
 from nbclient import NotebookClient
 
 NOTEBOOKS_DIR = pathlib.Path(ROOT) / "notebooks"
@@ -300,14 +300,9 @@ def test_the_docs_site_shows_a_dashboard_as_its_static_summary(tour):
     """``run_notebook.py --static`` (the docs site's copy): the dashboard's output keeps its
     static HTML, the same final state, and loses the widget view a page cannot draw."""
     import copy
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("run_notebook", RUN_NOTEBOOK)
-    assert spec is not None and spec.loader is not None
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     nb = copy.deepcopy(tour)
-    tool.static_outputs(nb)
+    run_notebook_tool().static_outputs(nb)
     (cell,) = [c for c in nb.cells if c.get("id") == "dashboard"]
     shown = [o["data"] for o in cell.outputs if o.output_type == "display_data"]
     assert shown and all(WIDGET_VIEW not in d and "text/html" in d for d in shown)
