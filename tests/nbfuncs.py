@@ -168,6 +168,17 @@ def hoard(mb):
     return os.getpid()
 
 
+class HeavyToLoad:
+    """An argument whose unpickling takes ``mb`` MiB for 3 s: a worker is over a memory limit
+    while it loads its chunk, before any item runs."""
+
+    def __init__(self, mb):
+        self.mb = mb
+
+    def __reduce__(self):
+        return hog, (self.mb,)
+
+
 def hog(mb):
     """Allocate mb MiB and hold it long enough to be seen."""
     block = bytearray(mb * 2**20)

@@ -11,7 +11,7 @@ import time
 from .._errors import MemoryLimitError, TaskTimeoutError, WorkerLostError
 from .._jobs import Chunk
 from .._progress import format_arg
-from .._worker.protocol import Cancel
+from .._worker.protocol import STAGE_LOADING, STAGE_PICKLING, Cancel
 from .handle import WorkerHandle as Worker
 from .state import EngineState
 
@@ -29,6 +29,24 @@ def _describe_item(kind: str, item: Any) -> str:
     """For error messages: the same argument text the dashboard's rows show."""
     args = format_arg(kind, item)
     return f"argument {args}" if kind == "map" else f"arguments ({args})"
+
+
+def _doing(running: tuple[Chunk, int] | None) -> tuple[str, int | None]:
+    """For error messages: what a worker was doing (its slot's stage), and the item it names.
+
+    A negative stage is a phase of a whole chunk, not an item: "item -2" meant "loading"."""
+    if running is None:
+        return "while idle", None
+    chunk, stage = running
+    if stage >= 0:
+        return f"while running item {stage}", stage
+    first, n = chunk.start, len(chunk.items)
+    items, index = (f"item {first}", first) if n == 1 else (f"items {first}..{first + n - 1}", None)
+    if stage == STAGE_LOADING:
+        return f"while loading the function and arguments of {items}", index
+    if stage == STAGE_PICKLING:
+        return f"while pickling the results of {items}", index
+    return f"while running {items}", index
 
 
 class FaultsMixin(EngineState):
@@ -104,16 +122,15 @@ class FaultsMixin(EngineState):
                 # the fork server.
                 continue
             if rss > hard:
-                running = w.running()
-                index = running[1] if running else None
+                doing, index = _doing(w.running())
                 w.kill(
                     MemoryLimitError(
                         f"{w.label} used {rss / 2**20:.0f} MiB, over the hard "
-                        f"limit of {hard / 2**20:.0f} MiB (1.5 x max_memory_per_worker), while "
-                        f"running item {index}: it was killed and replaced",
+                        f"limit of {hard / 2**20:.0f} MiB (1.5 x max_memory_per_worker), "
+                        f"{doing}: it was killed and replaced",
                         worker_id=w.wid,
                         pid=w.pid,
-                        index=index if isinstance(index, int) and index >= 0 else None,
+                        index=index,
                     )
                 )
             elif rss > soft and not w.retiring:

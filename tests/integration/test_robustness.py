@@ -92,6 +92,21 @@ def test_memory_hard_limit_kills_and_fails_the_item():
         assert p.apply(f.sq, (4,)) == 16
 
 
+def test_memory_hard_limit_while_loading_names_the_stage_not_an_item_number():
+    """Killed while it unpickled its arguments: the message used to say "item -2"."""
+    with nbpool.Pool(1, max_memory_per_worker="100MB") as p:
+        with pytest.raises(nbpool.MemoryLimitError) as info:
+            p.apply(f.sq, (f.HeavyToLoad(400),))
+        message = str(info.value)
+        assert "while loading the function and arguments of item 0" in message, message
+        assert "-2" not in message and info.value.index == 0
+        # Two items loading: which one is to blame is unknown, so they go back one by one
+        # and the culprit fails alone.
+        with pytest.raises(nbpool.MemoryLimitError, match=r"arguments of item 0: it was killed"):
+            p.map(f.sq, [f.HeavyToLoad(400), 1], chunksize=2)
+        assert p.apply(f.sq, (4,)) == 16
+
+
 # ---------------------------------------------------------------- worker output
 
 _TAG = re.compile(r"^\[w(\d+) pid (\d+)\] (.*)$")
