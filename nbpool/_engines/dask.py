@@ -223,8 +223,14 @@ def _rescatter(client: Any, key: int) -> Any:
     with _STORE_LOCK:
         future, obj = _STORED[key]
         if future.status != "finished":
+            lost = future.key
             [future] = client.scatter([obj], hash=False)
             _STORED[key] = (future, obj)
+            # A Dask worker that outlived the copies keeps its pickle of the lost key (Dask
+            # drops a fetched copy once the task is done; our pickle stays): nothing would ever
+            # forget it under its old key.
+            with contextlib.suppress(Exception):
+                client.run(_forget_pickled, [lost], wait=False)
         return future
 
 

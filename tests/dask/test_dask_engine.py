@@ -203,7 +203,11 @@ def test_scattered_objects_reach_every_slot_even_when_dask_loses_them(dask_clust
         futures = [future for future, _ in _dask._STORED.values()]
         keys = [future.key for future in futures]
         assert len(futures) == 2
-        holders = client.who_has(futures)[keys[0]]  # of the shared objects
+        # One copy of the shared objects left (Dask drops a fetched copy on its own, at times),
+        # then its Dask worker killed: the other one outlives it and keeps its pickle.
+        client.replicate([futures[0]], n=1)
+        assert wait_until(lambda: len(client.who_has(futures)[keys[0]]) == 1)
+        holders = client.who_has(futures)[keys[0]]
         pids = client.run(os.getpid, workers=list(holders))
         for pid in pids.values():
             os.kill(pid, signal.SIGKILL)
