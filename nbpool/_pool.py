@@ -481,6 +481,7 @@ class Pool:
             from ._engines import dask as _dask
 
             client, self.address = _dask.connect(self.address)
+            _dask.check_versions(client, self.address)
             processes = _dask.check_processes(client, processes, self.address, need)
             new_worker = functools.partial(
                 _dask.DaskWorker, client=client, address=self.address, resources=need

@@ -60,7 +60,10 @@ def _wait_for(log: str, text: bytes, proc: subprocess.Popen, deadline: float) ->
     return False
 
 
-def start_dask_cluster(workers: int = 2, threads: int = 1) -> DaskCluster:
+def start_dask_cluster(
+    workers: int = 2, threads: int = 1, worker_env: list[dict[str, str]] | None = None
+) -> DaskCluster:
+    """``worker_env``: more environment for each worker (a node unlike the kernel)."""
     tmp = tempfile.mkdtemp(prefix="nbdask", dir="/tmp")
     env = {**os.environ, **dask_env(tmp)}
     env.pop("DASK_SCHEDULER_ADDRESS", None)
@@ -68,10 +71,10 @@ def start_dask_cluster(workers: int = 2, threads: int = 1) -> DaskCluster:
     bin_dir = os.path.dirname(sys.executable)
     address = f"tcp://127.0.0.1:{port}"
 
-    def start(args: list[str], log: str) -> subprocess.Popen:
+    def start(args: list[str], log: str, extra: dict[str, str] | None = None) -> subprocess.Popen:
         with open(os.path.join(tmp, log), "wb") as out:
             return subprocess.Popen(
-                [os.path.join(bin_dir, "dask"), *args], env=env, stdout=out,
+                [os.path.join(bin_dir, "dask"), *args], env={**env, **(extra or {})}, stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
 
@@ -91,7 +94,8 @@ def start_dask_cluster(workers: int = 2, threads: int = 1) -> DaskCluster:
             "--local-directory", os.path.join(tmp, f"dt{i}"), "--death-timeout", "30",
             *(["--resources", "gpuish=1"] if i == 0 else []),  # for resources= (tests/parity)
         ]  # fmt: skip
-        cluster.workers.append(start(args, f"worker{i}.log"))
+        extra = worker_env[i] if worker_env else None
+        cluster.workers.append(start(args, f"worker{i}.log", extra))
     for i, proc in enumerate(cluster.workers):
         ok = ok and _wait_for(
             os.path.join(tmp, f"worker{i}.log"), b"Registered to:", proc, deadline
