@@ -474,6 +474,7 @@ class Pool:
             from ._engines import ray as _ray
 
             ray = _ray.connect(self.address)
+            _ray.check_versions(ray, self.address)
             processes = _ray.check_processes(ray, processes, self.address, need)
             new_worker = functools.partial(_ray.RayWorker, ray=ray, resources=need)
             self._store = functools.partial(_ray.Stored, ray)

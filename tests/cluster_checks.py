@@ -1,5 +1,6 @@
 """Checks shared by the Ray and Dask runs: the clusters notebook and ``%pool connect`` in a real
-kernel, on whichever cluster the caller started (``address``) and named (``engine``)."""
+kernel, on whichever cluster the caller started (``address``) and named (``engine``); and the
+environments of nodes unlike the kernel (``unlike_the_kernel``)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,39 @@ def check_pool_connect(address: str, name: str, tmp_path) -> None:
         out, _ = run_cell(kc, "%pool connect --local")
         assert "workers on this machine" in out
         run_cell(kc, "%pool stop")
+
+
+BLOCK_NBPOOL = """
+import sys
+
+class _NoNbpool:  # this node has no nbpool installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "nbpool" or name.startswith("nbpool."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NoNbpool())
+"""
+
+
+def unlike_the_kernel(tmp_path: pathlib.Path, how: str) -> dict[str, str]:
+    """Environment for a cluster node whose Python finds an older nbpool first on its path
+    (``how="old"``: a copy of ours that says 0.0.1) or cannot import nbpool (``"none"``)."""
+    import shutil
+
+    import nbpool
+
+    where = tmp_path / how
+    if how == "old":
+        shutil.copytree(
+            pathlib.Path(nbpool.__file__).parent, where / "nbpool",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )  # fmt: skip
+        init = where / "nbpool" / "__init__.py"
+        line = f'__version__ = "{nbpool.__version__}"'
+        assert line in init.read_text()
+        init.write_text(init.read_text().replace(line, '__version__ = "0.0.1"'))
+    else:
+        where.mkdir()
+        (where / "sitecustomize.py").write_text(BLOCK_NBPOOL)
+    return {"PYTHONPATH": str(where)}

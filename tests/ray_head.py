@@ -54,9 +54,15 @@ def ray_env(tmp: str, multi_node: bool = False) -> dict[str, str]:
     }
 
 
-def start_ray_head(num_cpus: int = 2, multi_node: bool = False, driver: bool = True) -> RayHead:
+def start_ray_head(
+    num_cpus: int = 2,
+    multi_node: bool = False,
+    driver: bool = True,
+    extra_env: dict[str, str] | None = None,
+) -> RayHead:
     """``driver``: this process will connect to it, so Ray's variables are set here too (a
-    second head started by a test for its child processes leaves this process as it is)."""
+    second head started by a test for its child processes leaves this process as it is).
+    ``extra_env``: more environment for the head and the Ray workers it starts only."""
     tmp = tempfile.mkdtemp(prefix="nbrt", dir="/tmp")  # short: Ray's socket paths are long
     env = ray_env(tmp, multi_node)
     if driver:
@@ -75,7 +81,7 @@ def start_ray_head(num_cpus: int = 2, multi_node: bool = False, driver: bool = T
                 "--object-store-memory=100000000",
                 f"--temp-dir={tmp}", "--disable-usage-stats",
             ],
-            env={**os.environ, **env},
+            env={**os.environ, **env, **(extra_env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

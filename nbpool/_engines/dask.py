@@ -125,69 +125,24 @@ def connect(address: Any) -> tuple[Any, str]:
 
 # (scheduler address, Dask worker address) pairs whose Python and nbpool were found to match
 _CHECKED: set[tuple[str, str]] = set()
-# What a Dask worker is asked, as text for the builtin eval: a builtin unpickles on a worker
-# that cannot import nbpool, where a function of ours would fail before it could say so.
-_PYTHON = "tuple(__import__('sys').version_info[:3])"
-_NBPOOL = "__import__('nbpool').__version__"
 
 
 def check_versions(client: Any, address: str) -> None:
-    """Refuse a cluster whose Dask workers cannot run this kernel's nbpool workers: each must
-    have this kernel's Python (major.minor: notebook functions travel as its bytecode) and the
-    same nbpool (the worker process and its protocol are nbpool's). Dask itself only warns
-    about differing Dask versions. Each Dask worker is asked once (two small calls)."""
+    """Refuse Dask workers that cannot run this kernel's nbpool workers (another Python minor
+    version, no nbpool, another nbpool: ``_engines.versions``), naming each. Each Dask worker
+    is asked once."""
     from .. import __version__
+    from .versions import probe, version_problems, versions_message
 
     workers = [a for a in _workers(client) if (address, a) not in _CHECKED]
     if not workers:
         return
-    pythons = client.run(eval, _PYTHON, workers=workers, on_error="return")
-    nbpools = client.run(eval, _NBPOOL, workers=workers, on_error="return")
-    got = {a: (pythons.get(a), nbpools.get(a)) for a in set(pythons) | set(nbpools)}
+    got = client.run(probe(), workers=workers, on_error="return")
     wrong = version_problems(got, sys.version_info[:3], __version__)
     _CHECKED.update((address, a) for a in got if a not in wrong)
     if wrong:
-        raise ClusterConnectionError(versions_message(address, wrong, __version__))
-
-
-def version_problems(
-    got: dict[str, tuple[Any, Any]], python: tuple[int, ...], nbpool: str
-) -> dict[str, str]:
-    """Dask worker address -> what differs from this kernel, for each worker that differs.
-    ``got``: address -> (its Python's version_info[:3], its ``nbpool.__version__``), each
-    what the worker answered or the exception it raised."""
-    wrong = {}
-    for addr, (there, version) in sorted(got.items()):
-        problems = []
-        if not isinstance(there, tuple):
-            problems.append(f"a Python that could not be asked its version ({there!r})")
-        elif tuple(there[:2]) != tuple(python[:2]):
-            problems.append("Python " + ".".join(map(str, there)))
-        if isinstance(version, ModuleNotFoundError) and version.name == "nbpool":
-            problems.append("no nbpool")
-        elif isinstance(version, BaseException) or version is None:
-            problems.append(f"an nbpool that fails to import ({version!r})")
-        elif version != nbpool:
-            problems.append(f"nbpool {version}")
-        if problems:
-            wrong[addr] = " and ".join(problems)
-    return wrong
-
-
-def versions_message(address: str, wrong: dict[str, str], nbpool: str) -> str:
-    """The error for the Dask workers in ``wrong`` (see ``version_problems``): the first three
-    named, and what to install."""
-    py = ".".join(map(str, sys.version_info[:3]))
-    listed = [f"{addr} has {what}" for addr, what in list(wrong.items())[:3]]
-    if len(wrong) > 3:
-        listed.append(f"{len(wrong) - 3} more Dask workers differ too")
-    return (
-        f"the Dask cluster at {address} cannot run this kernel's nbpool workers: "
-        f"{'; '.join(listed)}. This kernel has Python {py} and nbpool {nbpool}: each Dask "
-        "worker needs the same Python minor version (functions from the notebook travel as "
-        f"its bytecode) and the same nbpool (`pip install nbpool=={nbpool}` in the workers' "
-        "environment), then a restart of the workers"
-    )
+        cluster = f"the Dask cluster at {address}"
+        raise ClusterConnectionError(versions_message(cluster, "Dask worker", wrong, __version__))
 
 
 def _workers(client: Any) -> dict[str, tuple[int, dict[str, float]]]:

@@ -37,7 +37,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["RayWorker", "check_processes", "connect"]
+__all__ = ["RayWorker", "check_processes", "check_versions", "connect"]
 
 INSTALL_HINT = "pip install 'nbpool[ray]'"
 CONNECT_TIMEOUT_S = 5.0  # a TCP check of the head's port before Ray retries it for minutes
@@ -48,6 +48,9 @@ _HELD: dict[str, dict[str, float]] = {}
 _HELD_LOCK = threading.Lock()
 CREATE_WAIT_S = 10.0  # how long a stop waits for an actor still being created (_kill_remote)
 RESOURCE_WAIT_S = 3.0  # how long Pool() waits for CPUs a pool just stopped to come back
+PROBE_WAIT_S = 30.0  # how long Pool() waits for a node to say which Python and nbpool it has
+# (GCS address, node id) pairs whose Python and nbpool were found to match this kernel's
+_CHECKED: set[tuple[str, str]] = set()
 
 
 def _import_ray() -> Any:
@@ -134,6 +137,48 @@ def _mismatch(address: str | None, text: str) -> str:
         f"on each side, so run this notebook in an environment with ray=={ray_there} and "
         f"Python {py_there} (or restart the cluster with this kernel's versions)"
     )
+
+
+def check_versions(ray: Any, address: str | None) -> None:
+    """Refuse Ray nodes that cannot run this kernel's nbpool workers (no nbpool, another nbpool,
+    another Python minor version: ``_engines.versions``), naming each; Ray's own connection
+    only compares Ray's and Python's versions with the head's. Each node is asked once, with a
+    task that takes no CPU; a node that does not answer in PROBE_WAIT_S is not held against."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .. import __version__
+    from .versions import probe, version_problems, versions_message
+
+    gcs = _gcs_address(ray)
+    nodes = {
+        n["NodeID"]: f"node {n.get('NodeManagerAddress', '?')} ({n['NodeID'][:8]})"
+        for n in ray.nodes()
+        if n.get("Alive") and (gcs, n["NodeID"]) not in _CHECKED
+    }
+    if not nodes:
+        return
+    task = ray.remote(num_cpus=0, max_retries=0)(probe())
+    refs = {
+        node: task.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+        ).remote()
+        for node in nodes
+    }
+    got: dict[str, Any] = {}
+    deadline = time.monotonic() + PROBE_WAIT_S
+    for node, ref in refs.items():
+        try:
+            got[node] = ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+        except Exception as exc:
+            got[node] = exc
+    wrong = version_problems(got, sys.version_info[:3], __version__)
+    _CHECKED.update((gcs, node) for node in got if node not in wrong)
+    if wrong:
+        cluster = f"the Ray cluster at {address}" if address else "the Ray cluster"
+        named = {nodes[node]: what for node, what in wrong.items()}
+        raise ClusterConnectionError(versions_message(cluster, "Ray node", named, __version__))
 
 
 def check_processes(

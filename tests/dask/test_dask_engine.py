@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -285,39 +284,14 @@ def test_losing_the_scheduler_fails_the_job_at_once(dask_cluster, tmp_path):
         CLUSTER_PIDS.remove(doomed)
 
 
-BLOCK_NBPOOL = """
-import sys
-
-class _NoNbpool:  # this node has no nbpool installed
-    def find_spec(self, name, path=None, target=None):
-        if name == "nbpool" or name.startswith("nbpool."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, _NoNbpool())
-"""
-
-
 def test_dask_workers_without_this_kernels_nbpool_are_refused_by_name(tmp_path):
     """Two nodes unlike the kernel: one with an older nbpool first on its path, one that cannot
     import nbpool at all. Pool() names both and what to install, before any actor starts."""
+    from cluster_checks import unlike_the_kernel
     from dask_cluster import start_dask_cluster, stop_dask_cluster
 
-    old = tmp_path / "old"
-    shutil.copytree(
-        os.path.dirname(nbpool.__file__), old / "nbpool",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )  # fmt: skip
-    init = old / "nbpool" / "__init__.py"
-    text = init.read_text()
-    assert f'__version__ = "{nbpool.__version__}"' in text
-    init.write_text(text.replace(f'__version__ = "{nbpool.__version__}"', '__version__ = "0.0.1"'))
-    blocked = tmp_path / "blocked"
-    blocked.mkdir()
-    (blocked / "sitecustomize.py").write_text(BLOCK_NBPOOL)
-    cluster = start_dask_cluster(
-        workers=2, worker_env=[{"PYTHONPATH": str(old)}, {"PYTHONPATH": str(blocked)}]
-    )
+    envs = [unlike_the_kernel(tmp_path, "old"), unlike_the_kernel(tmp_path, "none")]
+    cluster = start_dask_cluster(workers=2, worker_env=envs)
     try:
         with pytest.raises(nbpool.ClusterConnectionError) as info:
             nbpool.Pool(1, address=cluster.address)
@@ -335,27 +309,3 @@ def test_dask_workers_without_this_kernels_nbpool_are_refused_by_name(tmp_path):
         with contextlib.suppress(KeyError):
             _dask._CLIENTS.pop(cluster.address).close()
         stop_dask_cluster(cluster)
-
-
-def test_version_problems_names_each_difference():
-    """The comparison on its own, for what a loopback cluster cannot show: another Python."""
-    from nbpool._engines.dask import version_problems, versions_message
-
-    missing = ModuleNotFoundError("No module named 'nbpool'", name="nbpool")
-    got = {
-        "tcp://a:1": ((3, 11, 9), "1.0"),  # same minor Python, same nbpool: fine
-        "tcp://b:1": ((3, 12, 1), "1.0"),
-        "tcp://c:1": ((3, 11, 2), missing),
-        "tcp://d:1": ((3, 10, 0), "0.9"),
-        "tcp://e:1": ((3, 11, 0), ImportError("numpy is broken")),
-    }
-    wrong = version_problems(got, (3, 11, 7), "1.0")
-    assert wrong == {
-        "tcp://b:1": "Python 3.12.1",
-        "tcp://c:1": "no nbpool",
-        "tcp://d:1": "Python 3.10.0 and nbpool 0.9",
-        "tcp://e:1": "an nbpool that fails to import (ImportError('numpy is broken'))",
-    }
-    message = versions_message("tcp://s:8786", wrong, "1.0")
-    assert "tcp://b:1 has Python 3.12.1; tcp://c:1 has no nbpool; tcp://d:1 has" in message
-    assert "1 more Dask workers differ too" in message and "nbpool==1.0" in message

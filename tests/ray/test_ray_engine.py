@@ -7,6 +7,7 @@ Ray run only (``--engines=ray``).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -317,3 +318,50 @@ def test_two_nodes_give_two_rows_with_their_node_ids(tmp_path):
     assert len(rows) == 2
     assert all(r["host"] == "127.0.0.1" and r["pid"] for r in rows)
     assert len({r["node"] for r in rows}) == 2  # one actor on each node
+
+
+REFUSED = """
+import sys, time, nbpool
+t0 = time.monotonic()
+try:
+    nbpool.Pool(1, ray_address=sys.argv[1], progress=False)
+except nbpool.ClusterConnectionError as e:
+    print("refused after", round(time.monotonic() - t0, 1), "|", e, flush=True)
+import os, psutil, ray
+others = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid()]
+titles = [" ".join(p.info["cmdline"] or []) for p in others]
+print("actors", sum("NbpoolWorker" in t for t in titles), flush=True)  # (its process title)
+ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("how", ["old", "none"])
+def test_ray_nodes_without_this_kernels_nbpool_are_refused_by_name(ray_head, tmp_path, how):
+    """A head whose Ray workers find an older nbpool first on their path, or none at all.
+    Pool() names the node and what to install, before any actor starts (without the check,
+    each item failed with "its Ray actor died (ActorDiedError ...)" and the pool went on)."""
+    from cluster_checks import unlike_the_kernel
+    from conftest import CLUSTER_PIDS
+    from ray_head import start_ray_head, stop_ray_head
+
+    env = unlike_the_kernel(tmp_path, how)
+    head = start_ray_head(num_cpus=2, driver=False, extra_env=env)  # (ray_head: our token)
+    CLUSTER_PIDS.append(head)
+    try:
+        # (cwd: Ray puts the driver's folder first on its workers' path, and the repository's
+        # root holds our nbpool)
+        out = subprocess.run(
+            [sys.executable, "-c", REFUSED, head.address], env=clean_env(), cwd=tmp_path,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        lines = dict((line + " ").split(" ", 1) for line in out.stdout.strip().splitlines())
+        assert "refused" in lines, out.stdout + out.stderr[-3000:]
+        message = lines["refused"].split(" | ", 1)[1]
+        what = "nbpool 0.0.1" if how == "old" else "no nbpool"
+        assert f"the Ray cluster at {head.address} cannot run this kernel's nbpool" in message
+        assert re.search(rf"node 127\.0\.0\.1 \(\w{{8}}\) has {what}\. ", message), message
+        assert f"pip install nbpool=={nbpool.__version__}" in message
+        assert lines["actors"].strip() == "0"  # no actor was started
+    finally:
+        stop_ray_head(head)
+        CLUSTER_PIDS.remove(head)
