@@ -113,7 +113,8 @@ def start_dask_cluster(
 
 def stop_dask_cluster(cluster: DaskCluster, graceful: bool = True) -> None:
     """SIGTERM each worker then the scheduler, one by one (all at once took 8 s), then kill
-    what is left. ``graceful=False``: SIGKILL the scheduler first (a lost scheduler)."""
+    what is left. ``graceful=False``: SIGKILL the scheduler first (a lost scheduler), then
+    SIGTERM the workers."""
 
     rest = cluster.descendants()
     order = [*cluster.workers, cluster.scheduler]
@@ -121,11 +122,13 @@ def stop_dask_cluster(cluster: DaskCluster, graceful: bool = True) -> None:
         order = [cluster.scheduler, *cluster.workers]
     for proc in order:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+            # The workers always get SIGTERM: a nanny killed outright leaves its
+            # multiprocessing semaphores in /dev/shm for good (six files a run).
+            lost = not graceful and proc is cluster.scheduler
+            proc.send_signal(signal.SIGKILL if lost else signal.SIGTERM)
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 pass
     kill_leftovers(order, rest)
-    if graceful:
-        shutil.rmtree(cluster.tmp, ignore_errors=True)
+    shutil.rmtree(cluster.tmp, ignore_errors=True)

@@ -96,9 +96,10 @@ def start_ray_head(
         if proc.poll() is not None:
             break
         time.sleep(0.2)
+    with open(log, "rb") as fh:  # (read before the stop removes its folder)
+        text = fh.read().decode(errors="replace")[-3000:]
     stop_ray_head(head)
-    with open(log, "rb") as fh:
-        raise RuntimeError(f"the Ray head did not start:\n{fh.read().decode()[-3000:]}")
+    raise RuntimeError(f"the Ray head did not start:\n{text}")
 
 
 def stop_ray_head(head: RayHead, graceful: bool = True) -> None:
@@ -113,5 +114,5 @@ def stop_ray_head(head: RayHead, graceful: bool = True) -> None:
         except subprocess.TimeoutExpired:
             pass
     kill_leftovers([head.proc], rest)
-    if graceful:
+    if graceful:  # (a driver may still write there: the graceful stop that follows removes it)
         shutil.rmtree(head.tmp, ignore_errors=True)

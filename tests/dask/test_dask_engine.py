@@ -257,6 +257,7 @@ def test_losing_the_scheduler_fails_the_job_at_once(dask_cluster, tmp_path):
     ClusterConnectionError within seconds and terminate() returns at once."""
     from dask_cluster import start_dask_cluster, stop_dask_cluster
 
+    semaphores = _semaphores()
     doomed = start_dask_cluster(workers=2)
     CLUSTER_PIDS.append(doomed)
     try:
@@ -282,6 +283,14 @@ def test_losing_the_scheduler_fails_the_job_at_once(dask_cluster, tmp_path):
     finally:
         stop_dask_cluster(doomed, graceful=False)
         CLUSTER_PIDS.remove(doomed)
+    # The harness's own hygiene: nannies killed outright left their multiprocessing
+    # semaphores in /dev/shm, six a run, for good.
+    assert _semaphores() - semaphores == set()
+    assert not os.path.exists(doomed.tmp)
+
+
+def _semaphores() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("sem.mp-")}
 
 
 def test_dask_workers_without_this_kernels_nbpool_are_refused_by_name(tmp_path):
