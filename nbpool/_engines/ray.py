@@ -49,6 +49,16 @@ _HELD_LOCK = threading.Lock()
 CREATE_WAIT_S = 10.0  # how long a stop waits for an actor still being created (_kill_remote)
 RESOURCE_WAIT_S = 3.0  # how long Pool() waits for CPUs a pool just stopped to come back
 PROBE_WAIT_S = 30.0  # how long Pool() waits for a node to say which Python and nbpool it has
+# Ray Client: how many times to ask for a session. The head forks a server per session from a
+# process that runs gRPC threads, and now and then that server dies at birth
+# (ray-project/ray#63202, "~7 %"; seen twice in this project's CI): a new session is a new fork.
+CLIENT_SESSION_TRIES = 3
+# What ray.init("ray://...") raises then: the session's server died, or never answered.
+_SESSION_SERVER_DIED = (
+    "Starting Ray client server failed",
+    "Proxy failed to Connect to backend",
+    "ZombieProcess",
+)
 # (GCS address, node id) pairs whose Python and nbpool were found to match this kernel's
 _CHECKED: set[tuple[str, str]] = set()
 
@@ -109,14 +119,46 @@ def connect(address: str | None) -> Any:
         # "local": always a new private instance (with no address, ray.init joins a cluster
         # that `ray start` left running on this machine)
         kwargs["address"] = address
-    try:
-        ray.init(**kwargs)
-    except Exception as exc:
-        text = str(exc)
-        if "version mismatch" in text.lower():
-            raise ClusterConnectionError(_mismatch(address, text)) from exc
-        raise ClusterConnectionError(f"could not connect to Ray at {address}: {text}") from exc
-    return ray
+    for attempt in range(1, CLIENT_SESSION_TRIES + 1):
+        try:
+            ray.init(**kwargs)
+            return ray
+        except Exception as exc:
+            text = str(exc)
+            if "version mismatch" in text.lower():
+                raise ClusterConnectionError(_mismatch(address, text)) from exc
+            if not _session_server_died(exc):
+                raise ClusterConnectionError(
+                    f"could not connect to Ray at {address}: {text}"
+                ) from exc
+            if attempt == CLIENT_SESSION_TRIES:
+                raise ClusterConnectionError(
+                    f"could not connect to Ray at {address}: the Ray Client server that the "
+                    f"head starts for each session died {attempt} times in a row (a known "
+                    "Ray issue, ray-project/ray#63202; its log is ray_client_server_*.err in "
+                    "the head's session_latest/logs). Try again, or connect from a machine "
+                    f"inside the cluster with the head's address (host:6379). Ray said: {text}"
+                ) from exc
+            import warnings
+
+            warnings.warn(
+                f"the Ray Client server that the head at {address} started for this session "
+                f"died (ray-project/ray#63202); asking for a new session ({attempt + 1} of "
+                f"{CLIENT_SESSION_TRIES})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    raise AssertionError("unreachable")  # (the loop returns or raises)
+
+
+def _session_server_died(exc: BaseException) -> bool:
+    """``ray.init("ray://...")`` failed because the head's server for this session died."""
+    text = str(exc)
+    return (
+        isinstance(exc, ConnectionAbortedError)
+        and "Initialization failure from server" in text
+        and any(sign in text for sign in _SESSION_SERVER_DIED)
+    )
 
 
 def _mismatch(address: str | None, text: str) -> str:

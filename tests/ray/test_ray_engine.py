@@ -320,6 +320,55 @@ def test_two_nodes_give_two_rows_with_their_node_ids(tmp_path):
     assert len({r["node"] for r in rows}) == 2  # one actor on each node
 
 
+# A sitecustomize for the head: the first Ray Client session server (``--mode=specific-server``)
+# it starts dies at birth, as Ray's own does now and then (ray-project/ray#63202); later ones live.
+SESSION_SERVER_DIES_ONCE = """
+import os
+with open("/proc/self/cmdline", "rb") as fh:
+    _cmd = fh.read()
+if b"--mode=specific-server" in _cmd:
+    try:
+        os.close(os.open(os.environ["NBPOOL_TEST_DIED"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        pass
+    else:
+        os._exit(3)
+"""
+
+
+def test_ray_client_asks_again_when_its_session_server_dies_at_birth(ray_head, tmp_path):
+    """Ray Client's per-session server on the head dies at start now and then (in this
+    project's CI too): Pool(ray_address="ray://...") warns and asks for a new session, and the
+    pool works. Before, the pool failed with Ray's "Initialization failure from server"."""
+    from conftest import CLUSTER_PIDS
+    from ray_head import start_ray_head, stop_ray_head
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SESSION_SERVER_DIES_ONCE)
+    died = tmp_path / "died"
+    env = {
+        "PYTHONPATH": str(tmp_path / "site"),
+        "NBPOOL_TEST_DIED": str(died),
+        # (how long the head waits for a session server to answer: 30 s by default, per try)
+        "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "20",
+    }
+    head = start_ray_head(num_cpus=2, driver=False, extra_env=env)  # (ray_head: our token)
+    CLUSTER_PIDS.append(head)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-W", "always::RuntimeWarning", "-c", CLIENT, head.client_address],
+            env=clean_env(), capture_output=True, text=True, timeout=150,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:] + _client_server_logs(head)
+        assert died.exists()  # the first session's server did die
+        assert "died (ray-project/ray#63202); asking for a new session (2 of 3)" in out.stderr
+        lines = out.stdout.strip().splitlines()
+        assert lines[:2] == [f"ray {head.client_address}", "[0, 1, 4, 9, 16, 25]"]
+    finally:
+        stop_ray_head(head)
+        CLUSTER_PIDS.remove(head)
+
+
 REFUSED = """
 import sys, time, nbpool
 t0 = time.monotonic()
