@@ -97,3 +97,9 @@ def dev_shm_files() -> set[str]:
     anonymous). POSIX semaphores (``sem.*``), which other programs on the machine create and
     remove as they run (multiprocessing's locks), are not counted."""
     return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}
+
+
+def semaphore_files() -> set[str]:
+    """multiprocessing's named semaphores in /dev/shm (``sem.mp-*``): what the processes a test
+    started must remove (the files ``dev_shm_files`` leaves out)."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith("sem.mp-")}

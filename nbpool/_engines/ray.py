@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 
 from .._errors import BackendUnavailableError, ClusterConnectionError
 from .._worker.protocol import STAGE_IDLE, Hello, RunChunk
@@ -124,31 +125,17 @@ def connect(address: str | None) -> Any:
             ray.init(**kwargs)
             return ray
         except Exception as exc:
-            text = str(exc)
-            if "version mismatch" in text.lower():
-                raise ClusterConnectionError(_mismatch(address, text)) from exc
-            if not _session_server_died(exc):
-                raise ClusterConnectionError(
-                    f"could not connect to Ray at {address}: {text}"
-                ) from exc
-            if attempt == CLIENT_SESSION_TRIES:
-                raise ClusterConnectionError(
-                    f"could not connect to Ray at {address}: the Ray Client server that the "
-                    f"head starts for each session died {attempt} times in a row (a known "
-                    "Ray issue, ray-project/ray#63202; its log is ray_client_server_*.err in "
-                    "the head's session_latest/logs). Try again, or connect from a machine "
-                    f"inside the cluster with the head's address (host:6379). Ray said: {text}"
-                ) from exc
-            import warnings
-
-            warnings.warn(
-                f"the Ray Client server that the head at {address} started for this session "
-                f"died (ray-project/ray#63202); asking for a new session ({attempt + 1} of "
-                f"{CLIENT_SESSION_TRIES})",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    raise AssertionError("unreachable")  # (the loop returns or raises)
+            died = _session_server_died(exc)
+            if not died or attempt == CLIENT_SESSION_TRIES:
+                raise ClusterConnectionError(_connect_failure(address, str(exc), died)) from exc
+        warnings.warn(
+            f"the Ray Client server that the head at {address} started for this session died "
+            f"(ray-project/ray#63202); asking for a new session ({attempt + 1} of "
+            f"{CLIENT_SESSION_TRIES})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    raise AssertionError("unreachable")  # (the last try returns or raises)
 
 
 def _session_server_died(exc: BaseException) -> bool:
@@ -159,6 +146,22 @@ def _session_server_died(exc: BaseException) -> bool:
         and "Initialization failure from server" in text
         and any(sign in text for sign in _SESSION_SERVER_DIED)
     )
+
+
+def _connect_failure(address: str | None, text: str, died: bool) -> str:
+    """Why ``ray.init`` failed, for ``ClusterConnectionError``; ``died``: on the last try, the
+    session server died (``_session_server_died``)."""
+    if "version mismatch" in text.lower():
+        return _mismatch(address, text)
+    if died:
+        return (
+            f"could not connect to Ray at {address}: the Ray Client server that the head "
+            f"starts for each session died {CLIENT_SESSION_TRIES} times in a row (a known Ray "
+            "issue, ray-project/ray#63202; its log is ray_client_server_*.err in the head's "
+            "session_latest/logs). Try again, or connect from a machine inside the cluster "
+            f"with the head's address (host:6379). Ray said: {text}"
+        )
+    return f"could not connect to Ray at {address}: {text}"
 
 
 def _mismatch(address: str | None, text: str) -> str:

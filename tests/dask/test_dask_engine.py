@@ -18,7 +18,7 @@ import nbfuncs as f
 import psutil
 import pytest
 from conftest import CLUSTER_PIDS, clean_env
-from proc_util import free_port, wait_until
+from proc_util import free_port, semaphore_files, wait_until
 
 import nbpool
 
@@ -257,7 +257,7 @@ def test_losing_the_scheduler_fails_the_job_at_once(dask_cluster, tmp_path):
     ClusterConnectionError within seconds and terminate() returns at once."""
     from dask_cluster import start_dask_cluster, stop_dask_cluster
 
-    semaphores = _semaphores()
+    semaphores = semaphore_files()
     doomed = start_dask_cluster(workers=2)
     CLUSTER_PIDS.append(doomed)
     try:
@@ -285,12 +285,8 @@ def test_losing_the_scheduler_fails_the_job_at_once(dask_cluster, tmp_path):
         CLUSTER_PIDS.remove(doomed)
     # The harness's own hygiene: nannies killed outright left their multiprocessing
     # semaphores in /dev/shm, six a run, for good.
-    assert _semaphores() - semaphores == set()
+    assert semaphore_files() - semaphores == set()
     assert not os.path.exists(doomed.tmp)
-
-
-def _semaphores() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("sem.mp-")}
 
 
 def test_dask_workers_without_this_kernels_nbpool_are_refused_by_name(tmp_path):
